@@ -1,0 +1,147 @@
+"""llmctl's verbs: one click group talking to the control socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import render
+from .client import DEFAULT_SOCKET, Client, ClientError, DaemonError
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["socket"])
+
+
+def _run(fn: Callable[[], None]) -> None:
+    """Run a verb; any client error is one line on stderr and exit 1."""
+    try:
+        fn()
+    except DaemonError as exc:
+        click.echo(f"llmctl: {exc}", err=True)
+        sys.exit(1)
+    except ClientError as exc:
+        click.echo(f"llmctl: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", metavar="PATH",
+              help=f"llmd's control socket (default: $LLMD_SOCKET, then {DEFAULT_SOCKET}).")
+@click.pass_context
+def main(ctx: click.Context, socket_path: str | None) -> None:
+    """Control llmd: load and unload models, see what runs."""
+    ctx.obj = {"socket": socket_path or os.environ.get("LLMD_SOCKET") or DEFAULT_SOCKET}
+
+
+@main.command()
+@click.argument("name", required=False)
+@json_option
+@click.pass_context
+def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Show the daemon's status, or one model's."""
+    def go() -> None:
+        with _client(ctx) as c:
+            data = c.call("GET", "/status", params={"model": name} if name else None)
+        if as_json:
+            _print_json(data)
+        else:
+            click.echo(render.model(data) if name else render.status(data))
+    _run(go)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def ps(ctx: click.Context, as_json: bool) -> None:
+    """List models with their state, port, pid and requests in flight."""
+    def go() -> None:
+        with _client(ctx) as c:
+            models = c.call("GET", "/ps")["models"]
+        if as_json:
+            _print_json(models)
+        else:
+            click.echo(render.ps(models))
+    _run(go)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for the load.")
+@json_option
+@click.pass_context
+def load(ctx: click.Context, name: str, no_wait: bool, as_json: bool) -> None:
+    """Load a model and wait until it is loaded (or failed)."""
+    def go() -> None:
+        with _client(ctx) as c:
+            if not no_wait and not as_json and sys.stderr.isatty():
+                click.echo(f"loading {name}…", err=True)
+            model = c.call("POST", "/load", json={"model": name, "wait": not no_wait})
+        if as_json:
+            _print_json(model)
+        elif no_wait:
+            click.echo(f"{model['id']}: {render.state(model)}")
+        else:
+            click.echo(f"{model['id']}: loaded (pid {model.get('pid')}, port {model.get('port')})")
+    _run(go)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Cancel requests in flight instead of waiting.")
+@click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for the stop.")
+@json_option
+@click.pass_context
+def unload(ctx: click.Context, name: str, force: bool, no_wait: bool, as_json: bool) -> None:
+    """Unload a model once its requests in flight are done (or at once with --force)."""
+    def go() -> None:
+        with _client(ctx) as c:
+            model = c.call("POST", "/unload",
+                           json={"model": name, "force": force, "wait": not no_wait})
+        if as_json:
+            _print_json(model)
+        else:
+            click.echo(f"{model['id']}: {render.state(model)}")
+    _run(go)
+
+
+@main.command()
+@click.argument("name")
+@click.option("-n", "--lines", default=100, show_default=True, help="How many lines.")
+@json_option
+@click.pass_context
+def logs(ctx: click.Context, name: str, lines: int, as_json: bool) -> None:
+    """Show the last lines a model's llama-server printed."""
+    def go() -> None:
+        with _client(ctx) as c:
+            data = c.call("GET", "/logs", params={"model": name, "lines": lines})
+        if as_json:
+            _print_json(data)
+        else:
+            for line in data["lines"]:
+                click.echo(line)
+    _run(go)
+
+
+@main.command()
+@click.pass_context
+def events(ctx: click.Context) -> None:
+    """Follow state changes as JSON lines until interrupted."""
+    def go() -> None:
+        with _client(ctx) as c:
+            for event in c.events():
+                click.echo(json.dumps(event), nl=True)
+    _run(go)

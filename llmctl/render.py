@@ -1,0 +1,74 @@
+"""Turning llmd's JSON into tables and lines for people."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain left-aligned table."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a short human duration: 42s, 5m, 3h12m, 2d."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def ago(timestamp: float | None) -> str:
+    """A wall-clock timestamp as 'N ago'."""
+    if timestamp is None:
+        return "never"
+    return duration(max(0.0, time.time() - timestamp)) + " ago"
+
+
+def state(model: dict[str, Any]) -> str:
+    """The state column: llmd's own state, with a failure mark."""
+    text = model.get("state") or model["status"]["value"]
+    if model["status"].get("failed"):
+        text += f" (failed, exit {model['status'].get('exit_code')})"
+    return text
+
+
+def ps(models: list[dict[str, Any]]) -> str:
+    """The `llmctl ps` table."""
+    rows = [(m["id"], state(m), m.get("port"), m.get("pid"), m.get("leases", 0),
+             duration(m.get("uptime")), ago(m.get("last_used"))) for m in models]
+    return table(("NAME", "STATE", "PORT", "PID", "IN-FLIGHT", "UPTIME", "LAST USED"), rows)
+
+
+def status(info: dict[str, Any]) -> str:
+    """The daemon summary of `llmctl status`."""
+    lines = [f"llmd running (pid {info['pid']}, up {duration(info['uptime'])})",
+             f"  router:      {info['listen']}",
+             f"  control:     {info['control_socket']}",
+             f"  models dir:  {info['models_dir']}",
+             f"  llama-server: {info['llama_server']}",
+             f"  models:      {info['models']} known, {info['loaded']} loaded "
+             f"(max {info['models_max'] or 'unlimited'}), {info['in_flight']} requests in flight"]
+    return "\n".join(lines)
+
+
+def model(m: dict[str, Any]) -> str:
+    """One model in detail."""
+    lines = [f"{m['id']}: {state(m)}", f"  path:     {m.get('path')}",
+             f"  aliases:  {', '.join(m.get('aliases') or []) or '-'}",
+             f"  args:     {' '.join(m['status'].get('args') or [])}"]
+    if m.get("pid"):
+        lines.append(f"  pid/port: {m['pid']}/{m['port']}, {m.get('leases', 0)} in flight")
+    if m["status"].get("failed"):
+        lines.append(f"  reason:   {m['status'].get('reason')}")
+        lines += ["  | " + line for line in m["status"].get("tail") or []]
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""The `llmd` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from . import __version__, catalog, config as config_mod, daemon
+from .errors import ConfigError
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal stamps time itself; elsewhere a timestamp helps.
+    fmt = "%(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file (default: $CONFIGURATION_DIRECTORY/llmd.toml, "
+                   "then /etc/llmd/llmd.toml).")
+@click.option("--listen", help="Router address HOST:PORT (default 127.0.0.1:8080).")
+@click.option("--control-socket", help="Control socket path.")
+@click.option("--models-dir", help="Directory scanned for *.gguf models.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.version_option(__version__, prog_name="llmd")
+def main(config_path: Path | None, listen: str | None, control_socket: str | None,
+         models_dir: str | None, log_level: str) -> None:
+    """Route OpenAI-compatible requests to llama-server processes it loads on demand."""
+    _setup_logging(log_level)
+    try:
+        config = config_mod.load(config_path, {"listen": listen, "control_socket": control_socket,
+                                               "models_dir": models_dir})
+        specs = catalog.build(config)
+    except ConfigError as exc:
+        click.echo(f"llmd: {exc}", err=True)
+        sys.exit(2)
+    try:
+        trio.run(daemon.run, config, specs)
+    except daemon.ListenError as exc:
+        click.echo(f"llmd: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""One llama-server process: spawn it, capture its output, notice its exit, stop it."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import httpx
+import trio
+
+log = logging.getLogger("llmd.child")
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _prctl = _libc.prctl
+except (OSError, AttributeError):  # not Linux: no parent-death signal
+    _prctl = None
+
+# Variables that describe llmd's own service context and must not leak into children.
+_PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC",
+                "WATCHDOG_PID", "LLMD_SOCKET")
+
+
+class ChildExited(Exception):
+    """The child exited before it became ready."""
+
+    def __init__(self, code: int, tail: list[str]) -> None:
+        super().__init__(f"llama-server exited with code {code}")
+        self.code = code
+        self.tail = tail
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent(parent: int) -> None:
+    # Runs in the forked child before exec. The kernel ties PDEATHSIG to the thread that
+    # forked, which is why llmd forks from its main (trio) thread, never a worker thread.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # llmd already died between fork and prctl
+        os._exit(1)
+
+
+class Child:
+    """A running llama-server in its own process group, with its recent output."""
+
+    def __init__(
+        self, name: str, popen: subprocess.Popen[bytes], port: int, log_lines: int, output_fd: int
+    ) -> None:
+        self.name = name
+        self.pid = popen.pid
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.output: collections.deque[str] = collections.deque(maxlen=max(1, log_lines))
+        self.returncode: int | None = None
+        self.exited = trio.Event()
+        self._activity = trio.Event()
+        self._popen = popen
+        self._output_fd = output_fd
+        self._pidfd = os.pidfd_open(popen.pid)
+
+    def tail(self, n: int = 20) -> list[str]:
+        """The last `n` lines the child printed."""
+        return list(self.output)[-n:]
+
+    def signal_group(self, sig: int) -> None:
+        """Send `sig` to the child's whole process group, if it still exists."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def wait_activity(self) -> None:
+        """Return after the child prints its next line or exits."""
+        await self._activity.wait()
+
+    async def _pump_output(self, stream: trio.lowlevel.FdStream) -> None:
+        pending = b""
+        async with stream:
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    chunk = b""
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    self.output.append(line)
+                    log.info("[%s] %s", self.name, line)
+                self._wake()
+        if pending:
+            self.output.append(pending.decode("utf-8", "replace"))
+
+    def _wake(self) -> None:
+        self._activity.set()
+        self._activity = trio.Event()
+
+    async def _reap(self) -> None:
+        if self.returncode is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self.returncode = self._popen.wait()
+            os.close(self._pidfd)
+            self.exited.set()
+            self._wake()
+
+    async def supervise(self, stop_timeout: float) -> None:
+        """Capture output until the child exits; if cancelled first, stop it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_output, trio.lowlevel.FdStream(self._output_fd))
+                await self._reap()
+                self.signal_group(signal.SIGKILL)  # stragglers holding the output pipe
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stop(stop_timeout)
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM the group, SIGKILL it after `timeout` seconds; return once it is gone."""
+        if self.returncode is None:
+            self.signal_group(signal.SIGTERM)
+            with trio.move_on_after(timeout):
+                await self._reap()
+        # Whatever is left in the group (the child itself or anything it forked) dies now.
+        self.signal_group(signal.SIGKILL)
+        await self._reap()
+
+
+def spawn(name: str, argv: Sequence[str], *, log_lines: int) -> Child:
+    """Start llama-server on a free loopback port in its own process group."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    read_fd, write_fd = os.pipe()
+    try:
+        # Popen runs here, in the trio thread, on purpose: see _die_with_parent.
+        popen = subprocess.Popen(
+            [*argv, "--host", "127.0.0.1", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    log.info("[%s] started pid %d on port %d", name, popen.pid, port)
+    return Child(name, popen, port, log_lines, read_fd)
+
+
+async def wait_ready(child: Child, client: httpx.AsyncClient) -> None:
+    """Return once the child's /health answers 200; raise ChildExited if it exits first."""
+    delay = 0.005
+    while True:
+        if child.returncode is not None:
+            raise ChildExited(child.returncode, child.tail())
+        try:
+            response = await client.get(f"{child.base_url}/health", timeout=5)
+            if response.status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        # Any new output line (e.g. "model loaded") is the likeliest moment to be ready.
+        with trio.move_on_after(delay):
+            await child.wait_activity()
+        delay = min(delay * 2, 0.1)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a launched child ended: its code (None if never started) and why."""
+
+    code: int | None
+    reason: str
+    tail: list[str]
+    ready: bool
+
+
+async def serve(
+    name: str,
+    argv: Sequence[str],
+    on_ready: Callable[[Child], None],
+    *,
+    client: httpx.AsyncClient,
+    load_timeout: float,
+    stop_timeout: float,
+    log_lines: int,
+) -> Exit:
+    """Run one child: call `on_ready` once /health answers, return when it exits."""
+    try:
+        child = spawn(name, argv, log_lines=log_lines)
+    except OSError as exc:
+        return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child.supervise, stop_timeout)
+        try:
+            with trio.fail_after(load_timeout):
+                await wait_ready(child, client)
+        except trio.TooSlowError:
+            nursery.cancel_scope.cancel()  # supervise() stops the child before we return
+            return Exit(None, f"not ready after {load_timeout:g}s (load_timeout)",
+                        list(child.output), False)
+        except ChildExited as exc:
+            return Exit(exc.code, f"llama-server exited with code {exc.code} while loading",
+                        list(child.output), False)
+        on_ready(child)
+        await child.exited.wait()
+    code = child.returncode
+    return Exit(code, f"llama-server exited with code {code}", list(child.output), True)

@@ -1,0 +1,108 @@
+"""The control app: HTTP+JSON on the Unix socket, for llmctl and `curl --unix-socket`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from . import asgi
+from .asgi import Receive, Scope, Send
+from .config import Config
+from .errors import BadRequest, LlmdError, NotFound
+from .scheduler import Scheduler
+
+log = logging.getLogger("llmd.control")
+
+
+class Control:
+    """The ASGI app on the control socket."""
+
+    def __init__(self, config: Config, scheduler: Scheduler) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.started = time.time()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await asgi.lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._dispatch(scope, receive, send)
+        except asgi.ClientGone:
+            pass
+        except LlmdError as error:
+            await asgi.send_error(send, error)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        params = asgi.query(scope)
+        if method == "GET":
+            if path == "/status":
+                return await asgi.send_json(send, 200, self._status(params.get("model")))
+            if path == "/ps":
+                return await asgi.send_json(send, 200, {"models": self.scheduler.snapshot()})
+            if path == "/logs":
+                return await asgi.send_json(send, 200, self._logs(params))
+            if path == "/events":
+                async with asgi.cancelled_on_disconnect(receive):
+                    await asgi.event_stream(send, self.scheduler.subscribe())
+                return
+        elif method == "POST" and path in ("/load", "/unload"):
+            body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20))
+            name = body.get("model")
+            if not isinstance(name, str) or not name:
+                raise BadRequest("'model' is required")
+            wait = body.get("wait", True) is not False
+            if path == "/load":
+                model = await self._while_connected(
+                    receive, self.scheduler.load(name, wait=wait))
+            else:
+                force = body.get("force", False) is True
+                model = await self._while_connected(
+                    receive, self.scheduler.unload(name, force=force, wait=wait))
+            if model is None:
+                return
+            return await asgi.send_json(send, 200, self.scheduler.describe(model))
+        raise NotFound(f"no route for {method} {path}")
+
+    async def _while_connected(self, receive: Receive, work: Any) -> Any:
+        # Waiting for a load is cancelled when llmctl goes away; the load itself goes on.
+        result = None
+        async with asgi.cancelled_on_disconnect(receive):
+            result = await work
+        return result
+
+    def _status(self, name: str | None) -> dict[str, Any]:
+        if name:
+            return self.scheduler.describe(self.scheduler.resolve(name))
+        models = self.scheduler.snapshot()
+        return {
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 3),
+            "listen": self.config.listen,
+            "control_socket": self.config.control_socket,
+            "models_dir": self.config.models_dir,
+            "models_max": self.config.models_max,
+            "llama_server": self.config.llama_server,
+            "models": len(models),
+            "loaded": sum(1 for m in models if m["status"]["value"] == "loaded"),
+            "in_flight": sum(m["leases"] for m in models),
+        }
+
+    def _logs(self, params: dict[str, str]) -> dict[str, Any]:
+        name = params.get("model", "")
+        if not name:
+            raise BadRequest("'model' is required")
+        model = self.scheduler.resolve(name)
+        try:
+            lines = max(1, min(int(params.get("lines", "100")), 100_000))
+        except ValueError:
+            raise BadRequest("'lines' must be an integer")
+        tail = model.handle.tail(lines) if model.handle else (
+            model.failure.tail[-lines:] if model.failure else [])
+        return {"model": model.spec.name, "lines": tail}
+

@@ -1,0 +1,171 @@
+"""The daemon: one nursery holding the scheduler, the router and the control server."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+from contextlib import contextmanager
+from functools import partial
+from typing import Callable, Iterator
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from . import catalog, child
+from .catalog import ModelSpec
+from .config import Config
+from .control import Control
+from .metrics import Metrics
+from .proxy import Proxy, fresh_client, upstream_client
+from .router import Router
+from .scheduler import Handle, Launcher, Scheduler
+
+log = logging.getLogger("llmd")
+
+
+class ListenError(Exception):
+    """A listener could not be set up; the message says which and why."""
+
+
+def bind_tcp(listen: str) -> socket.socket:
+    """A listening TCP socket on HOST:PORT."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {listen}: {exc.strerror}")
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise ListenError(f"control socket {path} exists and is not a socket")
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            os.unlink(path)  # left behind by an llmd that died
+            return
+        raise ListenError(f"control socket {path}: {exc.strerror}")
+    else:
+        raise ListenError(f"control socket {path} is in use: is another llmd running?")
+    finally:
+        probe.close()
+
+
+@contextmanager
+def control_listener(config: Config) -> Iterator[socket.socket]:
+    """A listening Unix socket with the configured mode and group, removed on exit."""
+    path = config.control_socket
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    except OSError as exc:
+        raise ListenError(f"cannot create the directory of {path}: {exc.strerror}")
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # never world-accessible, even for an instant
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot bind control socket {path}: {exc.strerror}")
+    finally:
+        os.umask(old_umask)
+    try:
+        os.chmod(path, config.control_socket_mode)
+        _set_group(path, config.control_group)
+        sock.listen(128)
+        yield sock
+    finally:
+        sock.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _set_group(path: str, group: str) -> None:
+    if not group:
+        return
+    try:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    except KeyError:
+        log.debug("control group %r does not exist; the socket keeps its group", group)
+    except PermissionError:
+        log.info("cannot give the control socket to group %r (not permitted)", group)
+
+
+def _server_config(fd: int, config: Config) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [f"fd://{fd}"]
+    hc.errorlog = logging.getLogger("llmd.http")
+    hc.accesslog = None
+    hc.include_server_header = False
+    hc.graceful_timeout = config.shutdown_timeout
+    return hc
+
+
+def make_launcher(config: Config, client: httpx.AsyncClient) -> Launcher:
+    """The launcher that runs a real llama-server for a spec."""
+
+    async def launch(spec: ModelSpec, on_ready: Callable[[Handle], None]) -> child.Exit:
+        return await child.serve(
+            spec.name, [config.llama_server, *spec.child_args()], on_ready,
+            client=client, load_timeout=config.load_timeout, stop_timeout=config.stop_timeout,
+            log_lines=config.log_lines)
+
+    return launch
+
+
+async def _until_signal(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            break
+    shutdown.set()
+
+
+async def run(config: Config, specs: dict[str, ModelSpec] | None = None) -> None:
+    """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
+    specs = catalog.build(config) if specs is None else specs
+    shutdown = trio.Event()
+    with control_listener(config) as control_sock:
+        router_sock = bind_tcp(config.listen)
+        async with upstream_client() as client, fresh_client() as fresh:
+            scheduler = Scheduler(specs, make_launcher(config, client),
+                                  models_max=config.models_max, drain_timeout=config.drain_timeout)
+            router = Router(config, scheduler, Proxy(client, fresh), Metrics())
+            control = Control(config, scheduler)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(scheduler.run)
+                async with trio.open_nursery() as servers:
+                    servers.start_soon(_until_signal, shutdown)
+                    await servers.start(partial(
+                        hypercorn.trio.serve, router, _server_config(router_sock.detach(), config),
+                        shutdown_trigger=shutdown.wait))
+                    await servers.start(partial(
+                        hypercorn.trio.serve, control, _server_config(os.dup(control_sock.fileno()),
+                                                                       config),
+                        shutdown_trigger=shutdown.wait))
+                    log.info("llmd ready: router on %s, control on %s, %d models",
+                             config.listen, config.control_socket, len(specs))
+                nursery.cancel_scope.cancel()  # stops every child, each with its own timeout
+    log.info("llmd stopped")
+

@@ -1,0 +1,109 @@
+"""Error types that cross the wire: each maps to one HTTP status and one error type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LlmdError(Exception):
+    """An error a client sees as `{"error": {"code", "message", "type"}}`."""
+
+    status: int = 500
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The documented JSON error body."""
+        return {"error": {"code": self.status, "message": self.message, "type": self.type}}
+
+
+class BadRequest(LlmdError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(LlmdError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(LlmdError):
+    status = 403
+    type = "authentication_error"
+
+
+class NotFound(LlmdError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    """A model name that is neither configured, scanned nor an alias."""
+
+    def __init__(self, name: str, *, status: int = 404) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+        # llama.cpp answers 400 on proxied endpoints and 404 on /models/load.
+        self.status = status
+        if status == 400:
+            self.type = "invalid_request_error"
+
+
+class BodyTooLarge(LlmdError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class Unavailable(LlmdError):
+    status = 503
+    type = "unavailable_error"
+
+
+class ModelNotLoaded(Unavailable):
+    """The model exists but is not loaded and autoload is off for this request."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' is not loaded and autoload is disabled")
+
+
+class ModelFailed(Unavailable):
+    """The model's child exited or timed out while loading."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"model '{name}' failed to load: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class ModelUnloaded(Unavailable):
+    """The model was unloaded while the request waited for it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' was unloaded while the request waited")
+
+
+class NoRoom(Unavailable):
+    """No idle model could be evicted in time to make room for a load."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
+class UpstreamError(LlmdError):
+    status = 502
+    type = "server_error"
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line naming the file and key."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem

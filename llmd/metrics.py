@@ -1,0 +1,60 @@
+"""llmd's own Prometheus metrics, rendered in the text exposition format."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@dataclass
+class Metrics:
+    """Counters the router updates; rendered on GET /metrics."""
+
+    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def request(self, model: str, path: str, status: int, seconds: float) -> None:
+        """Count one finished request."""
+        self.requests[(model, path, status)] += 1
+        self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def render(self, scheduler: Scheduler) -> str:
+        """The metrics in Prometheus text format."""
+        lines = ["# HELP llmd_requests_total Requests answered by the router.",
+                 "# TYPE llmd_requests_total counter"]
+        for (model, path, status), n in sorted(self.requests.items()):
+            lines.append(f'llmd_requests_total{{model="{_label(model)}",path="{_label(path)}",'
+                         f'code="{status}"}} {n}')
+        lines += ["# HELP llmd_request_duration_seconds Time from request to end of response.",
+                  "# TYPE llmd_request_duration_seconds histogram"]
+        cumulative = 0
+        for bound, n in zip((*BUCKETS, "+Inf"), self.latency_counts):
+            cumulative += n
+            lines.append(f'llmd_request_duration_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f"llmd_request_duration_seconds_sum {self.latency_sum}")
+        lines.append(f"llmd_request_duration_seconds_count {cumulative}")
+        lines += ["# HELP llmd_model_loaded Whether a model is loaded (1) or not (0).",
+                  "# TYPE llmd_model_loaded gauge"]
+        for name, model in scheduler.models.items():
+            lines.append(f'llmd_model_loaded{{model="{_label(name)}"}} '
+                         f'{int(model.state == "loaded")}')
+        lines += ["# HELP llmd_model_leases Requests in flight per model.",
+                  "# TYPE llmd_model_leases gauge"]
+        for name, model in scheduler.models.items():
+            lines.append(f'llmd_model_leases{{model="{_label(name)}"}} {model.leases}')
+        lines += ["# HELP llmd_loads_total Model loads started.", "# TYPE llmd_loads_total counter",
+                  f"llmd_loads_total {scheduler.loads}"]
+        return "\n".join(lines) + "\n"

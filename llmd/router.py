@@ -1,0 +1,158 @@
+"""The router: llmd's OpenAI- and llama.cpp-router-compatible HTTP surface (ASGI)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from . import asgi
+from .asgi import Receive, Scope, Send
+from .config import Config
+from .errors import BadRequest, LlmdError, NotFound, Unauthorized
+from .metrics import Metrics
+from .proxy import Proxy
+from .scheduler import Scheduler
+
+log = logging.getLogger("llmd.router")
+
+PROXIED_POST = frozenset({
+    "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions",
+    "/completion", "/infill", "/v1/embeddings", "/embeddings", "/embedding", "/v1/rerank",
+    "/rerank", "/v1/reranking", "/reranking", "/tokenize", "/detokenize", "/apply-template",
+    "/v1/responses", "/responses", "/v1/messages", "/v1/messages/count_tokens", "/props",
+    "/chat/completions/input_tokens", "/v1/chat/completions/input_tokens",
+    "/responses/input_tokens", "/v1/responses/input_tokens",
+})
+PROXIED_GET = frozenset({"/props", "/slots", "/metrics", "/lora-adapters"})
+KNOWN_PATHS = PROXIED_POST | PROXIED_GET | {"/health", "/v1/health", "/models", "/v1/models",
+                                            "/models/sse", "/models/load", "/models/unload"}
+
+
+def autoload_of(params: dict[str, str], default: bool) -> bool:
+    """The per-request `?autoload=` value, llama.cpp style: only "true"/"1" mean yes."""
+    if "autoload" not in params:
+        return default
+    return params["autoload"] in ("true", "1")
+
+
+class Router:
+    """The ASGI app on the TCP listener."""
+
+    def __init__(self, config: Config, scheduler: Scheduler, proxy: Proxy, metrics: Metrics) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.proxy = proxy
+        self.metrics = metrics
+        self._keys = [k.encode() for k in config.api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await asgi.lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        status = {"code": 0, "model": ""}
+
+        async def tracked_send(message: asgi.Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, tracked_send, status)
+        except asgi.ClientGone:
+            status["code"] = status["code"] or 499
+        except LlmdError as error:
+            if status["code"]:
+                raise  # the response already started; nothing clean left to say
+            await asgi.send_error(tracked_send, error)
+        finally:
+            # Label values are bounded to known models and routes, whatever clients send.
+            model = status["model"] if status["model"] in self.scheduler.models else ""
+            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            self.metrics.request(model, path, status["code"] or 499, time.perf_counter() - started)
+
+    def _check_key(self, scope: Scope) -> None:
+        if not self._keys or scope["path"] in ("/health", "/v1/health"):
+            return
+        given = asgi.header(scope, b"x-api-key")
+        auth = asgi.header(scope, b"authorization")
+        if auth and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        candidate = (given or "").encode()
+        # Compare against every key, always, so timing says nothing about which matched.
+        if not any([hmac.compare_digest(candidate, key) for key in self._keys]) or not given:
+            raise Unauthorized("invalid or missing API key")
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send,
+                        status: dict[str, Any]) -> None:
+        self._check_key(scope)
+        method, path = scope["method"], scope["path"]
+        params = asgi.query(scope)
+        if method == "GET":
+            if path in ("/health", "/v1/health"):
+                return await asgi.send_json(send, 200, {"status": "ok"})
+            if path in ("/models", "/v1/models"):
+                return await asgi.send_json(send, 200, {"object": "list",
+                                                        "data": self.scheduler.snapshot()})
+            if path == "/models/sse":
+                return await self._events(receive, send)
+            if path in PROXIED_GET and params.get("model"):
+                status["model"] = params["model"]
+                return await self._proxy(scope, receive, send, params["model"], b"",
+                                         autoload_of(params, self.config.autoload))
+            if path == "/props":
+                return await asgi.send_json(send, 200, self._props())
+            if path == "/metrics":
+                text = self.metrics.render(self.scheduler)
+                return await asgi.send_text(send, 200, text, b"text/plain; version=0.0.4")
+            if path in PROXIED_GET:
+                raise BadRequest("model name is missing from the request")
+        elif method == "POST":
+            if path in ("/models/load", "/models/unload"):
+                return await self._load_unload(scope, receive, send, path)
+            if path in PROXIED_POST:
+                body = await asgi.read_body(scope, receive, self.config.max_body_mib << 20)
+                model = asgi.json_object(body).get("model")
+                if not isinstance(model, str) or not model:
+                    raise BadRequest("model name is missing from the request")
+                status["model"] = model
+                return await self._proxy(scope, receive, send, model, body,
+                                         autoload_of(params, self.config.autoload))
+        raise NotFound(f"no route for {method} {path}")
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
+                     autoload: bool) -> None:
+        async with asgi.cancelled_on_disconnect(receive):
+            async with self.scheduler.lease(model, autoload=autoload) as handle:
+                await self.proxy.forward(send, scope["method"], handle.base_url, scope["path"],
+                                         scope.get("query_string", b""), scope["headers"], body)
+
+    async def _load_unload(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20))
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("model name is missing from the request")
+        if path == "/models/load":
+            await self.scheduler.load(name, wait=False)
+        else:
+            self.scheduler.resolve(name, status=400)
+            await self.scheduler.unload(name, wait=False)
+        await asgi.send_json(send, 200, {"success": True})
+
+    async def _events(self, receive: Receive, send: Send) -> None:
+        async with asgi.cancelled_on_disconnect(receive):
+            await asgi.event_stream(send, self.scheduler.subscribe())
+
+    def _props(self) -> dict[str, Any]:
+        return {
+            "role": "router",
+            "max_instances": self.config.models_max,
+            "models_autoload": self.config.autoload,
+            "model_alias": "llmd",
+            "model_path": "none",
+            "default_generation_settings": {"params": {}, "n_ctx": 0},
+        }

@@ -1,0 +1,340 @@
+"""The scheduler: the one owner of model state, leases, loads and eviction."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+
+import trio
+
+from .catalog import ModelSpec, names
+from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
+
+log = logging.getLogger("llmd.scheduler")
+
+# Internal states. On the wire "queued" reads as "loading" and "draining" as "loaded".
+UNLOADED, QUEUED, LOADING, LOADED, DRAINING = "unloaded", "queued", "loading", "loaded", "draining"
+_WIRE = {QUEUED: "loading", DRAINING: "loaded"}
+_RUNNING = (LOADING, LOADED, DRAINING)
+
+
+class Handle(Protocol):
+    """What the scheduler needs of a running child."""
+
+    pid: int
+    port: int
+    base_url: str
+
+    def tail(self, n: int = 20) -> list[str]: ...
+
+
+class Exit(Protocol):
+    code: int | None
+    reason: str
+    tail: list[str]
+    ready: bool
+
+
+# launcher(spec, on_ready) runs a child until it exits; cancelling it stops the child.
+Launcher = Callable[[ModelSpec, Callable[[Handle], None]], Awaitable[Exit]]
+
+
+@dataclass
+class Failure:
+    """Why the last load or run of a model ended badly."""
+
+    reason: str
+    exit_code: int | None
+    tail: list[str]
+
+
+@dataclass
+class Model:
+    """The scheduler's books on one model. Only the scheduler writes these."""
+
+    spec: ModelSpec
+    state: str = UNLOADED
+    handle: Handle | None = None
+    leases: int = 0
+    waiters: int = 0
+    keep: bool = False  # loaded on purpose (llmctl, startup): waiters leaving don't cancel it
+    last_used: float = -math.inf
+    loaded_at: float | None = None
+    failure: Failure | None = None
+    attempt: int = 0
+    error: tuple[int, LlmdError] | None = None  # (attempt, what its waiters get)
+    scope: trio.CancelScope | None = None
+    changed: trio.Event = field(default_factory=trio.Event)
+    lease_scopes: set[trio.CancelScope] = field(default_factory=set)
+
+
+class Scheduler:
+    """Loads models on demand, hands out leases, evicts idle models LRU-first."""
+
+    def __init__(
+        self,
+        specs: dict[str, ModelSpec],
+        launcher: Launcher,
+        *,
+        models_max: int = 4,
+        drain_timeout: float = 600,
+    ) -> None:
+        self.models = {name: Model(spec) for name, spec in specs.items()}
+        self._names = names(specs)
+        self._launcher = launcher
+        self.models_max = models_max
+        self.drain_timeout = drain_timeout
+        self.loads = 0
+        self._nursery: trio.Nursery | None = None
+        self._admission = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
+        self._released = trio.Event()
+        self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery every model's supervisor runs in; on cancel, stop them all."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for model in self.models.values():
+                if model.spec.load_on_startup:
+                    self._start(model, keep=True)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ---- lookups --------------------------------------------------------------
+
+    def resolve(self, name: str, *, status: int = 404) -> Model:
+        """The model a name or alias refers to; ModelNotFound with `status` otherwise."""
+        canonical = self._names.get(name)
+        if canonical is None:
+            raise ModelNotFound(name, status=status)
+        return self.models[canonical]
+
+    # ---- leases ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, name: str, *, autoload: bool = True) -> AsyncIterator[Handle]:
+        """Hold a ready model for one request; it can't be evicted until the block exits."""
+        model = self.resolve(name, status=400)
+        await self._until_loaded(model, autoload=autoload)
+        assert model.handle is not None
+        model.leases += 1
+        model.last_used = trio.current_time()
+        with trio.CancelScope() as scope:
+            model.lease_scopes.add(scope)
+            try:
+                yield model.handle
+            finally:
+                model.lease_scopes.discard(scope)
+                model.leases -= 1
+                model.last_used = trio.current_time()
+                self._released.set()
+                self._released = trio.Event()
+        if scope.cancelled_caught:
+            raise ModelUnloaded(model.spec.name)
+
+    async def _until_loaded(self, model: Model, *, autoload: bool, keep: bool = False) -> None:
+        attempt = None
+        model.waiters += 1
+        try:
+            while model.state != LOADED:
+                if model.state == UNLOADED:
+                    if attempt is not None:
+                        raise self._outcome(model, attempt)
+                    if not autoload:
+                        raise ModelNotLoaded(model.spec.name)
+                    attempt = self._start(model, keep=keep)
+                elif model.state in (QUEUED, LOADING):
+                    attempt = model.attempt
+                await model.changed.wait()
+        except trio.Cancelled:
+            if (model.waiters == 1 and not model.keep and model.state in (QUEUED, LOADING)
+                    and model.scope is not None):
+                log.info("%s: last waiting client left; cancelling its load", model.spec.name)
+                model.scope.cancel()
+            raise
+        finally:
+            model.waiters -= 1
+
+    def _outcome(self, model: Model, attempt: int) -> LlmdError:
+        if model.error is not None and model.error[0] == attempt:
+            return model.error[1]
+        return ModelUnloaded(model.spec.name)
+
+    # ---- load, unload ---------------------------------------------------------
+
+    async def load(self, name: str, *, wait: bool = True) -> Model:
+        """Load a model on purpose (not cancelled when requests leave); wait until loaded."""
+        model = self.resolve(name)
+        model.keep = True
+        if model.state == UNLOADED:
+            self._start(model, keep=True)
+        if wait:
+            await self._until_loaded(model, autoload=True, keep=True)
+        return model
+
+    async def unload(self, name: str, *, force: bool = False, wait: bool = True) -> Model:
+        """Stop a model: cancel its load, or let its leases drain (or cancel them with force)."""
+        model = self.resolve(name)
+        if model.state == UNLOADED:
+            return model
+        if model.state == LOADED:
+            self._set(model, DRAINING)
+        if force:
+            for scope in list(model.lease_scopes):
+                scope.cancel()
+        if model.scope is not None:
+            if model.state == DRAINING and model.leases:
+                self._nursery_start(self._stop_when_drained, model)
+            else:
+                model.scope.cancel()
+        if wait:
+            while model.state != UNLOADED:
+                await model.changed.wait()
+        return model
+
+    async def _stop_when_drained(self, model: Model) -> None:
+        while model.leases and model.state == DRAINING:
+            await self._released.wait()
+        if model.state == DRAINING and model.scope is not None:
+            model.scope.cancel()
+
+    def _nursery_start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError("scheduler is not running")
+        self._nursery.start_soon(fn, *args)
+
+    def _start(self, model: Model, *, keep: bool) -> int:
+        model.attempt += 1
+        model.keep = model.keep or keep
+        model.error = None
+        # Created here, entered by _supervise: an unload before it runs still cancels it.
+        model.scope = trio.CancelScope()
+        self._set(model, QUEUED)
+        self._nursery_start(self._supervise, model, model.attempt)
+        return model.attempt
+
+    async def _supervise(self, model: Model, attempt: int) -> None:
+        name = model.spec.name
+        assert model.scope is not None
+        with model.scope as scope:
+            try:
+                await self._admit(model)
+                self._set(model, LOADING)
+                self.loads += 1
+                log.info("%s: loading", name)
+                result = await self._launcher(model.spec, lambda h: self._ready(model, h))
+                if result.ready:
+                    log.warning("%s: %s", name, result.reason)
+                else:
+                    log.error("%s: failed to load: %s", name, result.reason)
+                    model.error = (attempt, ModelFailed(name, result.reason))
+                if not result.ready or result.code not in (0, None):
+                    model.failure = Failure(result.reason, result.code, result.tail)
+            except LlmdError as exc:
+                model.error = (attempt, exc)
+        model.scope = None
+        model.handle = None
+        model.loaded_at = None
+        model.keep = False
+        if scope.cancelled_caught:
+            log.info("%s: unloaded", name)
+        self._set(model, UNLOADED)
+
+    def _ready(self, model: Model, handle: Handle) -> None:
+        model.handle = handle
+        model.failure = None
+        model.loaded_at = trio.current_time()
+        model.last_used = model.loaded_at
+        log.info("%s: loaded (pid %d, port %d)", model.spec.name, handle.pid, handle.port)
+        self._set(model, LOADED)
+
+    async def _admit(self, model: Model) -> None:
+        """Wait our FIFO turn, then evict idle models until the count allows one more."""
+        async with self._admission:
+            with trio.move_on_after(self.drain_timeout) as drain:
+                while self.models_max and self._running_count(model) >= self.models_max:
+                    victim = self._victim(model)
+                    if victim is not None:
+                        log.info("%s: evicting %s (least recently used)", model.spec.name,
+                                 victim.spec.name)
+                        await self.unload(victim.spec.name)
+                    else:
+                        await self._released.wait()
+            if drain.cancelled_caught:
+                raise NoRoom(
+                    f"no room to load '{model.spec.name}': models_max={self.models_max} "
+                    f"and every loaded model is busy; try again later")
+
+    def _running_count(self, model: Model) -> int:
+        return sum(1 for m in self.models.values() if m is not model and m.state in _RUNNING)
+
+    def _victim(self, model: Model) -> Model | None:
+        idle = [m for m in self.models.values()
+                if m is not model and m.state == LOADED and m.leases == 0 and m.waiters == 0
+                and not m.spec.pin]
+        return min(idle, key=lambda m: (m.spec.priority, m.last_used), default=None)
+
+    # ---- state and events -----------------------------------------------------
+
+    def _set(self, model: Model, state: str) -> None:
+        model.state = state
+        model.changed.set()
+        model.changed = trio.Event()
+        self._publish({"model": model.spec.name, "event": "status_change",
+                       "data": self.describe(model)["status"]})
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:  # a slow subscriber is dropped, never waited on
+                self._subscribers.discard(channel)
+                channel.close()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(channel)
+
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[dict[str, Any]]:
+        """A channel of state-change events; it is closed if its reader falls behind."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](buffer)
+        self._subscribers.add(send)
+        return receive
+
+    def describe(self, model: Model) -> dict[str, Any]:
+        """One model in the llama.cpp router's /models shape, plus llmd's own fields."""
+        spec = model.spec
+        status: dict[str, Any] = {"value": _WIRE.get(model.state, model.state),
+                                  "args": list(spec.child_args())}
+        if model.state == UNLOADED and model.failure is not None:
+            status.update(failed=True, exit_code=model.failure.exit_code,
+                          reason=model.failure.reason, tail=model.failure.tail[-20:])
+        now = trio.current_time()
+        wall = time.time()
+        handle = model.handle
+        return {
+            "id": spec.name,
+            "aliases": list(spec.aliases),
+            "tags": list(spec.tags),
+            "object": "model",
+            "owned_by": "llmd",
+            "created": int(wall),
+            "source": spec.source,
+            "path": spec.path,
+            "status": status,
+            "state": model.state,
+            "pid": handle.pid if handle else None,
+            "port": handle.port if handle else None,
+            "leases": model.leases,
+            "waiters": model.waiters,
+            "pinned": spec.pin,
+            "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
+            "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
+        }
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every model, described."""
+        return [self.describe(m) for m in self.models.values()]
+

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""A fake llama-server for the corner cases a real one can't be made to hit on demand.
+
+Its behaviour comes from the "model file", which holds JSON instead of GGUF:
+  load_delay  seconds before /health answers 200        (default 0)
+  exit_on_load  exit with this code instead of loading    (default none)
+  hang        never become ready                          (default false)
+  tokens      tokens per completion                       (default 8)
+  token_delay seconds between streamed tokens             (default 0)
+  crash_after_tokens  exit(1) after streaming this many   (default none)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", "-m", required=True)
+parser.add_argument("--alias", default="fake")
+parser.add_argument("--host", default="127.0.0.1")
+parser.add_argument("--port", type=int, default=8080)
+args, _unknown = parser.parse_known_args()
+
+with open(args.model) as f:
+    behaviour = json.load(f)
+print(f"fake llama-server: model {args.model} behaviour {behaviour}", flush=True)
+if behaviour.get("exit_on_load") is not None:
+    print("fake llama-server: failing to load on purpose", flush=True)
+    sys.exit(int(behaviour["exit_on_load"]))
+
+ready = threading.Event()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def _json(self, status: int, data: object) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/health"):
+            if ready.is_set():
+                self._json(200, {"status": "ok"})
+            else:
+                self._json(503, {"error": {"code": 503, "message": "Loading model"}})
+        elif self.path.startswith("/props"):
+            self._json(200, {"model_alias": args.alias, "pid": os.getpid()})
+        else:
+            self._json(404, {"error": {"code": 404, "message": "not found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        n = int(body.get("max_tokens", behaviour.get("tokens", 8)))
+        delay = float(behaviour.get("token_delay", 0))
+        crash_after = behaviour.get("crash_after_tokens")
+        if self.path.endswith("/tokenize"):
+            self._json(200, {"tokens": list(range(len(body.get("content", "")))) })
+            return
+        if not body.get("stream"):
+            time.sleep(delay * n)
+            self._json(200, {"object": "chat.completion", "model": args.alias, "pid": os.getpid(),
+                             "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                  "content": "tok " * n}}]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(n):
+            if crash_after is not None and i >= int(crash_after):
+                os._exit(1)
+            chunk = {"choices": [{"index": 0, "delta": {"content": f"tok{i} "}}], "pid": os.getpid()}
+            self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            time.sleep(delay)
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+server = ThreadingHTTPServer((args.host, args.port), Handler)
+server.daemon_threads = True
+
+
+def load() -> None:
+    if behaviour.get("hang"):
+        return
+    time.sleep(float(behaviour.get("load_delay", 0)))
+    print("fake llama-server: model loaded", flush=True)
+    ready.set()
+
+
+threading.Thread(target=load, daemon=True).start()
+print(f"fake llama-server: listening on {args.host}:{args.port}", flush=True)
+server.serve_forever()

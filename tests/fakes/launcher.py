@@ -1,0 +1,68 @@
+"""An in-process stand-in for llama-server children, for deterministic scheduler tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import trio
+
+from llmd.catalog import ModelSpec
+from llmd.child import Exit
+
+
+@dataclass
+class FakeHandle:
+    pid: int
+    port: int
+    base_url: str
+    code: int | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+
+    def tail(self, n: int = 20) -> list[str]:
+        return [f"fake output of pid {self.pid}"][-n:]
+
+    def crash(self, code: int = 1) -> None:
+        self.code = code
+        self.exited.set()
+
+
+@dataclass
+class Behaviour:
+    load_seconds: float = 1.0
+    fail_code: int | None = None  # exit with this code while loading
+    hang: bool = False
+
+
+class FakeLauncher:
+    """Records launches; each 'child' takes load_seconds of (mock) time to become ready."""
+
+    def __init__(self) -> None:
+        self.behaviour: dict[str, Behaviour] = {}
+        self.launches: list[str] = []
+        self.running: dict[str, FakeHandle] = {}
+        self.cancelled: list[str] = []
+        self._next_pid = 1000
+
+    async def __call__(self, spec: ModelSpec, on_ready: Callable[[FakeHandle], None]) -> Exit:
+        b = self.behaviour.get(spec.name, Behaviour())
+        self.launches.append(spec.name)
+        self._next_pid += 1
+        handle = FakeHandle(self._next_pid, 20000 + self._next_pid, f"fake://{spec.name}")
+        try:
+            if b.hang:
+                await trio.sleep_forever()
+            await trio.sleep(b.load_seconds)
+            if b.fail_code is not None:
+                return Exit(b.fail_code, f"llama-server exited with code {b.fail_code} while "
+                            "loading", ["error: bad model"], False)
+            self.running[spec.name] = handle
+            on_ready(handle)
+            await handle.exited.wait()
+            return Exit(handle.code, f"llama-server exited with code {handle.code}",
+                        handle.tail(), True)
+        except trio.Cancelled:
+            self.cancelled.append(spec.name)
+            raise
+        finally:
+            self.running.pop(spec.name, None)
