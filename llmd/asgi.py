@@ -94,21 +94,34 @@ async def send_text(send: Send, status: int, text: str, content_type: bytes) -> 
 
 
 @asynccontextmanager
-async def cancelled_on_disconnect(receive: Receive) -> AsyncIterator[trio.CancelScope]:
-    """A scope that is cancelled when the client disconnects (enter after reading the body)."""
+async def cancelled_on_disconnect(receive: Receive, send: Send) -> AsyncIterator[Send]:
+    """Run the block in a scope cancelled when the client disconnects; use the yielded send.
+
+    Enter after reading the body. hypercorn also reports `http.disconnect` as soon as the
+    response is complete, from inside that last send() call: cancelling then would cut
+    hypercorn's own bookkeeping short, so a disconnect after the last byte is ignored.
+    """
+    finished = False
+
+    async def tracked_send(message: Message) -> None:
+        nonlocal finished
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished = True
+        await send(message)
 
     async def watch(scope: trio.CancelScope) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                scope.cancel()
+                if not finished:
+                    scope.cancel()
                 return
 
     error: Exception | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
         try:
-            yield nursery.cancel_scope
+            yield tracked_send
         except Exception as exc:  # re-raised bare, not wrapped in an ExceptionGroup
             error = exc
         nursery.cancel_scope.cancel()

@@ -48,7 +48,7 @@ class Control:
             if path == "/logs":
                 return await asgi.send_json(send, 200, self._logs(params))
             if path == "/events":
-                async with asgi.cancelled_on_disconnect(receive):
+                async with asgi.cancelled_on_disconnect(receive, send) as send:
                     await asgi.event_stream(send, self.scheduler.subscribe())
                 return
         elif method == "POST" and path in ("/load", "/unload"):
@@ -59,20 +59,20 @@ class Control:
             wait = body.get("wait", True) is not False
             if path == "/load":
                 model = await self._while_connected(
-                    receive, self.scheduler.load(name, wait=wait))
+                    receive, send, self.scheduler.load(name, wait=wait))
             else:
                 force = body.get("force", False) is True
                 model = await self._while_connected(
-                    receive, self.scheduler.unload(name, force=force, wait=wait))
+                    receive, send, self.scheduler.unload(name, force=force, wait=wait))
             if model is None:
                 return
             return await asgi.send_json(send, 200, self.scheduler.describe(model))
         raise NotFound(f"no route for {method} {path}")
 
-    async def _while_connected(self, receive: Receive, work: Any) -> Any:
+    async def _while_connected(self, receive: Receive, send: Send, work: Any) -> Any:
         # Waiting for a load is cancelled when llmctl goes away; the load itself goes on.
         result = None
-        async with asgi.cancelled_on_disconnect(receive):
+        async with asgi.cancelled_on_disconnect(receive, send):
             result = await work
         return result
 

@@ -166,6 +166,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None) -> None
                         shutdown_trigger=shutdown.wait))
                     log.info("llmd ready: router on %s, control on %s, %d models",
                              config.listen, config.control_socket, len(specs))
+                log.info("listeners closed; stopping children")
                 nursery.cancel_scope.cancel()  # stops every child, each with its own timeout
     log.info("llmd stopped")
 

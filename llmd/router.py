@@ -102,7 +102,8 @@ class Router:
                 return await self._events(receive, send)
             if path in PROXIED_GET and params.get("model"):
                 status["model"] = params["model"]
-                return await self._proxy(scope, receive, send, params["model"], b"",
+                body = await asgi.read_body(scope, receive, self.config.max_body_mib << 20)
+                return await self._proxy(scope, receive, send, params["model"], body,
                                          autoload_of(params, self.config.autoload))
             if path == "/props":
                 return await asgi.send_json(send, 200, self._props())
@@ -126,7 +127,7 @@ class Router:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
                      autoload: bool) -> None:
-        async with asgi.cancelled_on_disconnect(receive):
+        async with asgi.cancelled_on_disconnect(receive, send) as send:
             async with self.scheduler.lease(model, autoload=autoload) as handle:
                 await self.proxy.forward(send, scope["method"], handle.base_url, scope["path"],
                                          scope.get("query_string", b""), scope["headers"], body)
@@ -144,7 +145,7 @@ class Router:
         await asgi.send_json(send, 200, {"success": True})
 
     async def _events(self, receive: Receive, send: Send) -> None:
-        async with asgi.cancelled_on_disconnect(receive):
+        async with asgi.cancelled_on_disconnect(receive, send) as send:
             await asgi.event_stream(send, self.scheduler.subscribe())
 
     def _props(self) -> dict[str, Any]:

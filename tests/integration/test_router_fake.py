@@ -1,0 +1,182 @@
+"""Router and control behaviour against the real daemon with fake llama-server children.
+
+Starts: llmd (subprocess) + tests/fakes/fake_llama_server.py children. These are the corner
+cases a real llama-server can't be made to hit on demand (hang, crash mid-stream), plus
+HTTP-surface checks that don't need real tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from tests.helpers import wait_until
+
+
+def fake(**behaviour) -> str:
+    return json.dumps(behaviour)
+
+
+@pytest.fixture
+def fake_daemon(daemon, fake_server):
+    def start(models: dict, **config):
+        return daemon({"llama_server": fake_server, **config}, models=models)
+    return start
+
+
+def loads_total(d) -> int:
+    for line in d.http.get("/metrics").text.splitlines():
+        if line.startswith("llmd_loads_total "):
+            return int(line.split()[1])
+    raise AssertionError("no llmd_loads_total")
+
+
+def test_concurrent_requests_share_one_load(fake_daemon):
+    d = fake_daemon({"a.gguf": fake(load_delay=0.5)})
+    results = []
+
+    def one():
+        results.append(d.chat("a").status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
+    assert loads_total(d) == 1
+
+
+def test_child_hanging_on_load_times_out_and_fails(fake_daemon):
+    d = fake_daemon({"stuck.gguf": fake(hang=True)}, load_timeout=1)
+    response = d.chat("stuck")
+    assert response.status_code == 503
+    assert "load_timeout" in response.json()["error"]["message"]
+    status = d.models()["stuck"]["status"]
+    assert status["value"] == "unloaded" and status["failed"] is True
+
+
+def test_crash_mid_stream_ends_with_an_error_event(fake_daemon):
+    d = fake_daemon({"c.gguf": fake(tokens=10, token_delay=0.05, crash_after_tokens=3)})
+    body = {"model": "c", "stream": True, "messages": []}
+    with d.http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert len(events) == 4
+    assert json.loads(events[-1])["error"]["code"] == 502
+    wait_until(lambda: d.models()["c"]["status"]["value"] == "unloaded", 10, "crash noticed")
+    assert d.chat("c", stream=False).status_code == 200
+
+
+def test_client_disconnect_releases_the_lease(fake_daemon):
+    d = fake_daemon({"s.gguf": fake(tokens=200, token_delay=0.05)})
+    body = {"model": "s", "stream": True, "messages": []}
+    with d.http.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                assert d.models()["s"]["leases"] == 1
+                break
+    wait_until(lambda: d.models()["s"]["leases"] == 0, 10, "the lease to end")
+
+
+@pytest.mark.parametrize("method, path, body, status, kind", [
+    ("POST", "/v1/chat/completions", b"{not json", 400, "invalid_request_error"),
+    ("POST", "/v1/chat/completions", b"[1, 2]", 400, "invalid_request_error"),
+    ("POST", "/v1/chat/completions", b'{"messages": []}', 400, "invalid_request_error"),
+    ("POST", "/v1/chat/completions", b'{"model": "nope"}', 400, "invalid_request_error"),
+    ("POST", "/models/load", b'{"model": "nope"}', 404, "not_found_error"),
+    ("POST", "/models/unload", b'{"model": "nope"}', 400, "invalid_request_error"),
+    ("GET", "/slots", b"", 400, "invalid_request_error"),
+    ("GET", "/no/such/route", b"", 404, "not_found_error"),
+])
+def test_bad_requests_get_documented_json_errors(fake_daemon, method, path, body, status, kind):
+    d = fake_daemon({"a.gguf": fake()})
+    response = d.http.request(method, path, content=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == status and error["type"] == kind and error["message"]
+
+
+def test_autoload_false_is_honoured(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()})
+    response = d.http.post("/v1/chat/completions?autoload=false", json={"model": "a"})
+    assert response.status_code == 503 and "not loaded" in response.json()["error"]["message"]
+    assert d.models()["a"]["status"]["value"] == "unloaded"
+    assert d.http.post("/models/load", json={"model": "a"}).json() == {"success": True}
+    wait_until(lambda: d.models()["a"]["status"]["value"] == "loaded", 10, "the load")
+    assert d.http.post("/v1/chat/completions?autoload=false", json={"model": "a"}).status_code == 200
+    assert d.http.post("/models/unload", json={"model": "a"}).json() == {"success": True}
+    wait_until(lambda: d.models()["a"]["status"]["value"] == "unloaded", 10, "the unload")
+
+
+def test_router_props_and_get_proxy(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()}, models_max=3)
+    props = d.http.get("/props").json()
+    assert props["role"] == "router" and props["max_instances"] == 3
+    assert props["models_autoload"] is True
+    proxied = d.http.get("/props", params={"model": "a"}).json()
+    assert proxied["model_alias"] == "a"
+
+
+def test_api_keys_are_required_except_on_health(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()}, api_keys=["sesame"])
+    assert d.http.get("/health").status_code == 200
+    denied = d.http.get("/v1/models")
+    assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
+    assert d.http.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert d.http.get("/v1/models", headers={"authorization": "Bearer sesame"}).status_code == 200
+    assert d.http.get("/v1/models", headers={"x-api-key": "sesame"}).status_code == 200
+
+
+def test_models_list_has_the_router_shape(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()})
+    body = d.http.get("/models").json()
+    assert body["object"] == "list"
+    (model,) = body["data"]
+    assert model["id"] == "a" and model["object"] == "model" and model["owned_by"]
+    assert model["status"]["value"] == "unloaded" and "--model" in model["status"]["args"]
+    assert d.http.get("/v1/models").json()["data"][0]["id"] == "a"
+
+
+def test_control_socket_has_the_configured_mode_and_is_removed(fake_daemon):
+    d = fake_daemon({}, control_socket_mode="0600")
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+    assert d.stop() == 0
+    assert not os.path.exists(d.socket)
+
+
+def test_llmctl_without_a_daemon_says_so_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmctl", "--socket", str(tmp_path / "x"),
+                             "ps"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "llmd is not running" in result.stderr
+
+
+def test_llmd_with_a_bad_config_exits_with_one_line(tmp_path):
+    config = tmp_path / "llmd.toml"
+    config.write_text(f'models_dir = "{tmp_path}"\nmodels_max = "x"\n')
+    result = subprocess.run([sys.executable, "-m", "llmd", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == f"llmd: {config}: models_max: expected int, got str\n"
+
+
+def test_llmctl_status_and_logs(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()})
+    d.llmctl("load", "a")
+    status = json.loads(d.llmctl("status", "--json").stdout)
+    assert status["models"] == 1 and status["loaded"] == 1
+    logs = d.llmctl("logs", "a").stdout
+    assert "fake llama-server" in logs
+    assert "a: loaded" in d.llmctl("status", "a").stdout
+    assert "llmd running" in d.llmctl("status").stdout
+    no_wait = d.llmctl("unload", "a", "--no-wait")
+    assert no_wait.returncode == 0
+    with httpx.Client(transport=httpx.HTTPTransport(uds=d.socket)) as c:
+        assert c.post("http://llmd/load", json={"model": "a", "wait": False}).status_code == 200
