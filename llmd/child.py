@@ -120,14 +120,27 @@ class Child:
 
     async def supervise(self, stop_timeout: float) -> None:
         """Capture output until the child exits; if cancelled first, stop it."""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_output, trio.lowlevel.FdStream(self._output_fd))
+        # The output pump is shielded: a child being stopped still prints its last lines,
+        # and closing the pipe under it would turn its shutdown into a SIGPIPE death.
+        pump_scope = trio.CancelScope(shield=True)
+        pumped = trio.Event()
+
+        async def pump() -> None:
+            with pump_scope:
+                await self._pump_output(trio.lowlevel.FdStream(self._output_fd))
+            pumped.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            try:
                 await self._reap()
-                self.signal_group(signal.SIGKILL)  # stragglers holding the output pipe
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.stop(stop_timeout)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.stop(stop_timeout)
+                    # EOF follows once the group is dead, unless something escaped it.
+                    with trio.move_on_after(1):
+                        await pumped.wait()
+                    pump_scope.cancel()
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM the group, SIGKILL it after `timeout` seconds; return once it is gone."""

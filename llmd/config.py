@@ -233,7 +233,11 @@ def load(
         _check_listen("--listen", given["listen"])
     config = dataclasses.replace(config, **given)
     config = dataclasses.replace(
-        config, llama_server=resolve_llama_server(config.llama_server, env)
+        config,
+        llama_server=resolve_llama_server(config.llama_server, env),
+        # Absolute, so what status reports and children get doesn't depend on a cwd.
+        models_dir=os.path.abspath(config.models_dir),
+        control_socket=os.path.abspath(config.control_socket),
     )
     if not Path(config.models_dir).is_dir():
         key = "--models-dir" if "models_dir" in given else "models_dir"

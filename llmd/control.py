@@ -102,7 +102,6 @@ class Control:
             lines = max(1, min(int(params.get("lines", "100")), 100_000))
         except ValueError:
             raise BadRequest("'lines' must be an integer")
-        tail = model.handle.tail(lines) if model.handle else (
-            model.failure.tail[-lines:] if model.failure else [])
+        tail = model.handle.tail(lines) if model.handle else model.output[-lines:]
         return {"model": model.spec.name, "lines": tail}
 

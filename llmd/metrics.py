@@ -31,7 +31,7 @@ class Metrics:
         self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def render(self, scheduler: Scheduler) -> str:
+    def render(self, scheduler: Scheduler, upstream_retries: int = 0) -> str:
         """The metrics in Prometheus text format."""
         lines = ["# HELP llmd_requests_total Requests answered by the router.",
                  "# TYPE llmd_requests_total counter"]
@@ -56,5 +56,9 @@ class Metrics:
         for name, model in scheduler.models.items():
             lines.append(f'llmd_model_leases{{model="{_label(name)}"}} {model.leases}')
         lines += ["# HELP llmd_loads_total Model loads started.", "# TYPE llmd_loads_total counter",
-                  f"llmd_loads_total {scheduler.loads}"]
+                  f"llmd_loads_total {scheduler.loads}",
+                  "# HELP llmd_upstream_retries_total Requests re-sent after a child closed a "
+                  "kept-alive connection without answering.",
+                  "# TYPE llmd_upstream_retries_total counter",
+                  f"llmd_upstream_retries_total {upstream_retries}"]
         return "\n".join(lines) + "\n"

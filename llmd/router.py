@@ -108,7 +108,7 @@ class Router:
             if path == "/props":
                 return await asgi.send_json(send, 200, self._props())
             if path == "/metrics":
-                text = self.metrics.render(self.scheduler)
+                text = self.metrics.render(self.scheduler, self.proxy.retries)
                 return await asgi.send_text(send, 200, text, b"text/plain; version=0.0.4")
             if path in PROXIED_GET:
                 raise BadRequest("model name is missing from the request")

@@ -70,6 +70,7 @@ class Model:
     scope: trio.CancelScope | None = None
     changed: trio.Event = field(default_factory=trio.Event)
     lease_scopes: set[trio.CancelScope] = field(default_factory=set)
+    output: list[str] = field(default_factory=list)  # the last child's output, kept after it ends
 
 
 class Scheduler:
@@ -234,8 +235,12 @@ class Scheduler:
                     model.error = (attempt, ModelFailed(name, result.reason))
                 if not result.ready or result.code not in (0, None):
                     model.failure = Failure(result.reason, result.code, result.tail)
+                model.output = result.tail
             except LlmdError as exc:
                 model.error = (attempt, exc)
+            finally:
+                if model.handle is not None:
+                    model.output = model.handle.tail(1 << 20)
         model.scope = None
         model.handle = None
         model.loaded_at = None

@@ -8,13 +8,17 @@ Its behaviour comes from the "model file", which holds JSON instead of GGUF:
   tokens      tokens per completion                       (default 8)
   token_delay seconds between streamed tokens             (default 0)
   crash_after_tokens  exit(1) after streaming this many   (default none)
+  ignore_sigterm  keep running on SIGTERM (so only SIGKILL stops it)
+  drop_every  close every Nth kept-alive connection without answering (like cpp-httplib)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import os
+import signal
 import sys
 import threading
 import time
@@ -35,6 +39,9 @@ if behaviour.get("exit_on_load") is not None:
     sys.exit(int(behaviour["exit_on_load"]))
 
 ready = threading.Event()
+requests = itertools.count(1)
+if behaviour.get("ignore_sigterm"):
+    signal.signal(signal.SIGTERM, lambda *_: print("fake llama-server: ignoring SIGTERM", flush=True))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -65,6 +72,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
+        drop = behaviour.get("drop_every")
+        if drop and next(requests) % int(drop) == 0:
+            self.close_connection = True  # read the request, answer nothing, hang up
+            return
         n = int(body.get("max_tokens", behaviour.get("tokens", 8)))
         delay = float(behaviour.get("token_delay", 0))
         crash_after = behaviour.get("crash_after_tokens")

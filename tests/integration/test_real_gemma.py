@@ -105,3 +105,23 @@ def test_failed_load_reports_through_llmctl(daemon, llama_server, tmp_path):
     assert result.returncode == 1
     assert "junk" in result.stderr and "failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_client_disconnect_cancels_generation_in_the_child(daemon, llama_server, gemma):
+    d = daemon(gemma_config(llama_server), models={"gemma.gguf": gemma})
+    d.llmctl("load", "gemma")
+    body = {"model": "gemma", "stream": True, "max_tokens": 4000, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Write a very long story."}]}
+
+    def busy_slots() -> int:
+        slots = d.http.get("/slots", params={"model": "gemma"}).json()
+        return sum(1 for s in slots if s.get("is_processing"))
+
+    with d.http.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break
+        assert busy_slots() == 1
+    # The client went away after one chunk; llama-server must stop generating for it.
+    wait_until(lambda: busy_slots() == 0, 20, "the child's slot to go idle")
+    assert d.models()["gemma"]["leases"] == 0

@@ -17,7 +17,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import pid_alive, wait_until
 
 
 def fake(**behaviour) -> str:
@@ -180,3 +180,27 @@ def test_llmctl_status_and_logs(fake_daemon):
     assert no_wait.returncode == 0
     with httpx.Client(transport=httpx.HTTPTransport(uds=d.socket)) as c:
         assert c.post("http://llmd/load", json={"model": "a", "wait": False}).status_code == 200
+
+
+def metric(d, name: str) -> float:
+    for line in d.http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_kept_alive_connection_closed_without_answer_is_retried(fake_daemon):
+    d = fake_daemon({"flaky.gguf": fake(drop_every=3)})
+    for _ in range(12):
+        assert d.chat("flaky").status_code == 200
+    assert metric(d, "llmd_upstream_retries_total") >= 3
+
+
+def test_child_ignoring_sigterm_is_killed_after_stop_timeout(fake_daemon):
+    d = fake_daemon({"stubborn.gguf": fake(ignore_sigterm=True)}, stop_timeout=1)
+    d.llmctl("load", "stubborn")
+    pid = d.models()["stubborn"]["pid"]
+    d.llmctl("unload", "stubborn")
+    assert not pid_alive(pid)
+    # It printed this on SIGTERM and was still there to be SIGKILLed after stop_timeout.
+    assert "ignoring SIGTERM" in d.llmctl("logs", "stubborn").stdout
