@@ -42,11 +42,22 @@ def state(model: dict[str, Any]) -> str:
     return text
 
 
+def memory(m: dict[str, Any]) -> str:
+    """Estimate and measured use per device: `host 773/412M` (estimate/measured)."""
+    mem = m.get("memory") or {}
+    est, used = mem.get("estimate_mib") or {}, mem.get("measured_mib") or {}
+    parts = [f"{d} {est.get(d, '-')}/{used.get(d, '-')}M" for d in sorted({*est, *used})]
+    return ", ".join(parts) or "-"
+
+
 def ps(models: list[dict[str, Any]]) -> str:
     """The `llmctl ps` table."""
-    rows = [(m["id"], state(m), m.get("port"), m.get("pid"), m.get("leases", 0),
-             duration(m.get("uptime")), ago(m.get("last_used"))) for m in models]
-    return table(("NAME", "STATE", "PORT", "PID", "IN-FLIGHT", "UPTIME", "LAST USED"), rows)
+    rows = [(m["id"], state(m), m.get("port"), m.get("pid"), m.get("leases", 0), memory(m),
+             duration(m.get("uptime")), ago(m.get("last_used")),
+             duration(m.get("ttl_left")) if m.get("ttl_left") is not None else "-")
+            for m in models]
+    return table(("NAME", "STATE", "PORT", "PID", "IN-FLIGHT", "MEMORY EST/USED", "UPTIME",
+                  "LAST USED", "TTL LEFT"), rows)
 
 
 def status(info: dict[str, Any]) -> str:
@@ -58,6 +69,14 @@ def status(info: dict[str, Any]) -> str:
              f"  llama-server: {info['llama_server']}",
              f"  models:      {info['models']} known, {info['loaded']} loaded "
              f"(max {info['models_max'] or 'unlimited'}), {info['in_flight']} requests in flight"]
+    devices = info.get("devices") or []
+    if devices:
+        lines.append("")
+        lines.append(table(("DEVICE", "NAME", "TOTAL", "FREE", "MARGIN", "COMMITTED"), [
+            (d["id"], d["name"], f"{d['total_mib']}M", f"{d['free_mib']}M", f"{d['margin_mib']}M",
+             f"{d['committed_mib']}M") for d in devices]))
+    else:
+        lines.append("  memory accounting off (memory_margin_mib = 0)")
     return "\n".join(lines)
 
 

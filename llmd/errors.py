@@ -93,6 +93,13 @@ class NoRoom(Unavailable):
         super().__init__(message, headers={"retry-after": str(retry_after)})
 
 
+class TooBig(LlmdError):
+    """The model can't fit on this machine even with every other model unloaded."""
+
+    status = 507
+    type = "unavailable_error"
+
+
 class UpstreamError(LlmdError):
     status = 502
     type = "server_error"

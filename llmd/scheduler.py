@@ -11,15 +11,20 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import trio
 
+from . import books
 from .catalog import ModelSpec, names
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
+from .memory import Device
 
 log = logging.getLogger("llmd.scheduler")
 
 # Internal states. On the wire "queued" reads as "loading" and "draining" as "loaded".
-UNLOADED, QUEUED, LOADING, LOADED, DRAINING = "unloaded", "queued", "loading", "loaded", "draining"
-_WIRE = {QUEUED: "loading", DRAINING: "loaded"}
-_RUNNING = (LOADING, LOADED, DRAINING)
+UNLOADED, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
+    "unloaded", "estimating", "queued", "loading", "loaded", "draining")
+_WIRE = {ESTIMATING: "loading", QUEUED: "loading", DRAINING: "loaded"}
+_STARTING = (ESTIMATING, QUEUED, LOADING)
+_RUNNING = (LOADING, LOADED, DRAINING)  # admitted: these count against models_max and memory
+_MEASURE_EVERY = 2.0  # seconds between measurements of a child's real use
 
 
 class Handle(Protocol):
@@ -41,6 +46,20 @@ class Exit(Protocol):
 
 # launcher(spec, on_ready) runs a child until it exits; cancelling it stops the child.
 Launcher = Callable[[ModelSpec, Callable[[Handle], None]], Awaitable[Exit]]
+
+
+class DeviceTable(Protocol):
+    """Where memory is read: memory.Devices, or a stub in tests."""
+
+    def read(self) -> list[Device]: ...
+
+    def process_use(self, pid: int) -> dict[str, int]: ...
+
+
+class NeedSource(Protocol):
+    """Where a model's need per device comes from: estimate.Estimator, or a stub."""
+
+    async def need(self, spec: ModelSpec) -> Any: ...
 
 
 @dataclass
@@ -71,7 +90,15 @@ class Model:
     changed: trio.Event = field(default_factory=trio.Event)
     lease_scopes: set[trio.CancelScope] = field(default_factory=set)
     output: list[str] = field(default_factory=list)  # the last child's output, kept after it ends
+    need: dict[str, int] = field(default_factory=dict)  # MiB per device, estimated
+    need_source: str = ""
+    measured: dict[str, int] = field(default_factory=dict)  # MiB per device, once loaded
+    measured_at: float = -math.inf
+    activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
 
+    def holding(self) -> dict[str, int]:
+        """What this model holds per device in the books."""
+        return books.held(self.need, self.measured)
 
 class Scheduler:
     """Loads models on demand, hands out leases, evicts idle models LRU-first."""
@@ -83,13 +110,18 @@ class Scheduler:
         *,
         models_max: int = 4,
         drain_timeout: float = 600,
+        devices: DeviceTable | None = None,
+        estimator: NeedSource | None = None,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
         self._launcher = launcher
         self.models_max = models_max
         self.drain_timeout = drain_timeout
+        self.devices = devices  # None: count models only, no memory accounting
+        self.estimator = estimator
         self.loads = 0
+        self.evictions = 0
         self._nursery: trio.Nursery | None = None
         self._admission = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
         self._released = trio.Event()
@@ -124,6 +156,7 @@ class Scheduler:
         assert model.handle is not None
         model.leases += 1
         model.last_used = trio.current_time()
+        self._touch(model)
         with trio.CancelScope() as scope:
             model.lease_scopes.add(scope)
             try:
@@ -132,6 +165,9 @@ class Scheduler:
                 model.lease_scopes.discard(scope)
                 model.leases -= 1
                 model.last_used = trio.current_time()
+                self._touch(model)
+                if model.last_used - model.measured_at >= _MEASURE_EVERY:
+                    self._measure(model)
                 self._released.set()
                 self._released = trio.Event()
         if scope.cancelled_caught:
@@ -148,11 +184,11 @@ class Scheduler:
                     if not autoload:
                         raise ModelNotLoaded(model.spec.name)
                     attempt = self._start(model, keep=keep)
-                elif model.state in (QUEUED, LOADING):
+                elif model.state in _STARTING:
                     attempt = model.attempt
                 await model.changed.wait()
         except trio.Cancelled:
-            if (model.waiters == 1 and not model.keep and model.state in (QUEUED, LOADING)
+            if (model.waiters == 1 and not model.keep and model.state in _STARTING
                     and model.scope is not None):
                 log.info("%s: last waiting client left; cancelling its load", model.spec.name)
                 model.scope.cancel()
@@ -214,7 +250,7 @@ class Scheduler:
         model.error = None
         # Created here, entered by _supervise: an unload before it runs still cancels it.
         model.scope = trio.CancelScope()
-        self._set(model, QUEUED)
+        self._set(model, ESTIMATING if self.devices is not None else QUEUED)
         self._nursery_start(self._supervise, model, model.attempt)
         return model.attempt
 
@@ -223,6 +259,9 @@ class Scheduler:
         assert model.scope is not None
         with model.scope as scope:
             try:
+                if self.devices is not None:
+                    await self._estimate(model)
+                    self._set(model, QUEUED)
                 await self._admit(model)
                 self._set(model, LOADING)
                 self.loads += 1
@@ -243,6 +282,7 @@ class Scheduler:
                     model.output = model.handle.tail(1 << 20)
         model.scope = None
         model.handle = None
+        model.measured = {}
         model.loaded_at = None
         model.keep = False
         if scope.cancelled_caught:
@@ -254,33 +294,91 @@ class Scheduler:
         model.failure = None
         model.loaded_at = trio.current_time()
         model.last_used = model.loaded_at
+        self._measure(model)
         log.info("%s: loaded (pid %d, port %d)", model.spec.name, handle.pid, handle.port)
         self._set(model, LOADED)
+        if model.spec.ttl > 0:
+            self._nursery_start(self._expire_when_idle, model, model.attempt)
+
+    def _touch(self, model: Model) -> None:
+        model.activity.set()
+        model.activity = trio.Event()
+
+    def _measure(self, model: Model) -> None:
+        if self.devices is not None and model.handle is not None:
+            model.measured = self.devices.process_use(model.handle.pid)
+            model.measured_at = trio.current_time()
+
+    async def _estimate(self, model: Model) -> None:
+        assert self.estimator is not None
+        try:
+            need = await self.estimator.need(model.spec)
+            model.need, model.need_source = dict(need.mib), need.source
+        except Exception as exc:  # the child itself will say what is wrong with the file
+            log.warning("%s: no memory estimate (%s); loading without one", model.spec.name, exc)
+            model.need, model.need_source = {}, "none"
+
+    async def _expire_when_idle(self, model: Model, attempt: int) -> None:
+        """Unload the model once it has been idle for its ttl."""
+        while model.state == LOADED and model.attempt == attempt:
+            if model.leases or model.waiters:
+                await model.activity.wait()
+                continue
+            with trio.move_on_at(model.last_used + model.spec.ttl) as idle:
+                await model.activity.wait()
+            if idle.cancelled_caught and model.state == LOADED and model.attempt == attempt:
+                log.info("%s: idle for %gs (ttl); unloading", model.spec.name, model.spec.ttl)
+                await self.unload(model.spec.name)
+                return
 
     async def _admit(self, model: Model) -> None:
-        """Wait our FIFO turn, then evict idle models until the count allows one more."""
+        """Wait our FIFO turn, then evict idle models until the count and memory allow it."""
         async with self._admission:
             with trio.move_on_after(self.drain_timeout) as drain:
-                while self.models_max and self._running_count(model) >= self.models_max:
-                    victim = self._victim(model)
+                while True:
+                    short = self._short_devices(model)
+                    over = bool(self.models_max) and self._running_count(model) >= self.models_max
+                    if not short and not over:
+                        return
+                    victim = self._victim(model, short if not over else [])
                     if victim is not None:
-                        log.info("%s: evicting %s (least recently used)", model.spec.name,
-                                 victim.spec.name)
+                        log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
+                                 f"memory on {', '.join(short)}" if short else "models_max")
+                        self.evictions += 1
                         await self.unload(victim.spec.name)
                     else:
                         await self._released.wait()
-            if drain.cancelled_caught:
-                raise NoRoom(
-                    f"no room to load '{model.spec.name}': models_max={self.models_max} "
-                    f"and every loaded model is busy; try again later")
+            raise NoRoom(
+                f"no room to load '{model.spec.name}': every model that would have to be "
+                f"unloaded stayed busy for drain_timeout ({self.drain_timeout:g}s)")
+
+    def _short_devices(self, model: Model) -> list[str]:
+        if self.devices is None or not model.need:
+            return []
+        devices = self.devices.read()
+        books.check_fits_alone(model.spec.name, model.need, devices)
+        return books.short_devices(model.need, devices, self.committed(exclude=model))
+
+    def committed(self, exclude: Model | None = None) -> dict[str, int]:
+        """MiB held per device by admitted models."""
+        return books.committed(m.holding() for m in self.models.values()
+                               if m is not exclude and m.state in _RUNNING)
+
+    def device_table(self) -> list[dict[str, object]]:
+        """Devices with total, free, margin and what llmd's models hold."""
+        if self.devices is None:
+            return []
+        return books.device_table(self.devices.read(), self.committed())
 
     def _running_count(self, model: Model) -> int:
         return sum(1 for m in self.models.values() if m is not model and m.state in _RUNNING)
 
-    def _victim(self, model: Model) -> Model | None:
+    def _victim(self, model: Model, short: list[str]) -> Model | None:
+        """The idle model to evict: lowest priority, then least recently used."""
         idle = [m for m in self.models.values()
                 if m is not model and m.state == LOADED and m.leases == 0 and m.waiters == 0
-                and not m.spec.pin]
+                and not m.spec.pin
+                and (not short or any(m.holding().get(d) for d in short))]
         return min(idle, key=lambda m: (m.spec.priority, m.last_used), default=None)
 
     # ---- state and events -----------------------------------------------------
@@ -335,6 +433,11 @@ class Scheduler:
             "leases": model.leases,
             "waiters": model.waiters,
             "pinned": spec.pin,
+            "memory": {"estimate_mib": model.need, "source": model.need_source,
+                       "measured_mib": model.measured},
+            "ttl": spec.ttl,
+            "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
+                         if spec.ttl and model.state == LOADED and not model.leases else None),
             "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
             "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
         }
