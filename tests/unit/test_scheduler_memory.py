@@ -1,0 +1,163 @@
+"""Scheduler rules that involve memory, time-to-live and priorities (fake children,
+stubbed devices through the NVML layer, trio's mock clock)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from llmd.catalog import ModelSpec
+from llmd.errors import TooBig
+from llmd.estimate import Need
+from llmd.memory import Devices, Nvml
+from llmd.scheduler import Scheduler
+from tests.fakes.launcher import FakeLauncher
+from tests.unit.test_memory import FakePynvml
+from tests.unit.test_scheduler import running, use
+
+
+class StubNeeds:
+    """Estimates by model name, taking a little (mock) time like llama-fit-params."""
+
+    def __init__(self, needs: dict[str, dict[str, int]]) -> None:
+        self.needs = needs
+        self.calls: list[str] = []
+
+    async def need(self, spec: ModelSpec) -> Need:
+        self.calls.append(spec.name)
+        await trio.sleep(0.5)
+        return Need(self.needs[spec.name], "stub")
+
+
+def gpu_devices(tmp_path, gpu_total_mib: int, margin: int = 1024, use=None) -> Devices:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 67108864 kB\nMemAvailable: 60000000 kB\n")
+    nvml = Nvml(FakePynvml(gpus=((gpu_total_mib, gpu_total_mib),), procs=use or {}))
+    return Devices(margin, nvml=nvml, meminfo=str(meminfo))
+
+
+def models(*names: str, **kw) -> dict[str, ModelSpec]:
+    return {n: ModelSpec(name=n, path=f"/m/{n}", args=(), **kw) for n in names}
+
+
+async def test_gpu_memory_evicts_idle_lru_to_fit(autojump_clock, tmp_path):
+    # 10 GiB GPU, 1 GiB margin: two 4 GiB models fit, a third does not.
+    launcher = FakeLauncher()
+    needs = StubNeeds({n: {"gpu0": 4096, "host": 100} for n in "abc"})
+    s = Scheduler(models("a", "b", "c"), launcher, models_max=0,
+                  devices=gpu_devices(tmp_path, 10240), estimator=needs)
+    async with running(s):
+        await use(s, "a")
+        await trio.sleep(1)
+        await use(s, "b")
+        assert s.committed()["gpu0"] == 8192
+        await use(s, "c")
+        states = {n: m.state for n, m in s.models.items()}
+        assert s.device_table()[1]["committed_mib"] == 8192
+    assert states == {"a": "unloaded", "b": "loaded", "c": "loaded"}
+    assert s.evictions == 1
+
+
+async def test_model_too_big_for_the_machine_fails_at_once_without_evicting(autojump_clock,
+                                                                             tmp_path):
+    needs = StubNeeds({"small": {"gpu0": 1000}, "huge": {"gpu0": 20000}})
+    s = Scheduler(models("small", "huge"), FakeLauncher(), models_max=0,
+                  devices=gpu_devices(tmp_path, 10240), estimator=needs)
+    async with running(s):
+        await use(s, "small")
+        results: list = []
+        await use(s, "huge", 0, results)
+        (_, error), = results
+        assert isinstance(error, TooBig) and error.status == 507
+        assert "needs 20000 MiB on gpu0" in error.message and "9216 MiB" in error.message
+        assert s.models["small"].state == "loaded" and s.evictions == 0
+
+
+async def test_measured_use_replaces_the_estimate(autojump_clock, tmp_path):
+    launcher = FakeLauncher()
+    needs = StubNeeds({n: {"gpu0": 4096} for n in "abc"})
+    # Each child really uses 2 GiB on the GPU: all three fit once measured.
+    devices = gpu_devices(tmp_path, 10240, use={pid: (0, 2048) for pid in range(1000, 1100)})
+    s = Scheduler(models("a", "b", "c"), launcher, models_max=0, devices=devices,
+                  estimator=needs)
+    async with running(s):
+        for name in "abc":
+            await use(s, name)
+        info = s.describe(s.models["a"])["memory"]
+        assert all(m.state == "loaded" for m in s.models.values())
+    assert info["estimate_mib"] == {"gpu0": 4096} and info["measured_mib"]["gpu0"] == 2048
+
+
+async def test_estimating_state_is_visible_and_estimate_runs_once_per_load(autojump_clock,
+                                                                            tmp_path):
+    needs = StubNeeds({"a": {"gpu0": 100}})
+    s = Scheduler(models("a"), FakeLauncher(), devices=gpu_devices(tmp_path, 10240),
+                  estimator=needs)
+    async with running(s) as n:
+        n.start_soon(s.load, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.models["a"].state == "estimating"
+        assert s.describe(s.models["a"])["status"]["value"] == "loading"
+        await trio.sleep(5)
+        assert s.models["a"].state == "loaded" and needs.calls == ["a"]
+
+
+async def test_idle_model_is_unloaded_after_its_ttl(autojump_clock):
+    s = Scheduler(models("a", ttl=60), FakeLauncher())
+    async with running(s):
+        await use(s, "a", 10)
+        await trio.sleep(30)
+        assert s.models["a"].state == "loaded"
+        assert 25 <= s.describe(s.models["a"])["ttl_left"] <= 31
+        await use(s, "a")  # activity restarts the clock
+        await trio.sleep(59)
+        assert s.models["a"].state == "loaded"
+        await trio.sleep(2)
+        assert s.models["a"].state == "unloaded"
+
+
+async def test_busy_model_outlives_its_ttl(autojump_clock):
+    s = Scheduler(models("a", ttl=5), FakeLauncher())
+    async with running(s) as n:
+        n.start_soon(use, s, "a", 100)
+        await trio.sleep(50)
+        assert s.models["a"].state == "loaded"
+        await trio.sleep(60)
+        assert s.models["a"].state == "unloaded"
+
+
+async def test_lower_priority_is_evicted_first(autojump_clock):
+    specs = {"low": ModelSpec(name="low", path="/l", args=(), priority=-1),
+             **models("high", "new")}
+    s = Scheduler(specs, FakeLauncher(), models_max=2)
+    async with running(s):
+        await use(s, "high")
+        await trio.sleep(1)
+        await use(s, "low")  # more recently used, but lower priority
+        await use(s, "new")
+        assert s.models["low"].state == "unloaded" and s.models["high"].state == "loaded"
+
+
+async def test_three_models_with_room_for_two_all_succeed(autojump_clock):
+    launcher = FakeLauncher()
+    s = Scheduler(models("a", "b", "c"), launcher, models_max=2)
+    results: list = []
+    async with running(s):
+        async with trio.open_nursery() as n:
+            for i in range(12):
+                n.start_soon(use, s, "abc"[i % 3], 0.3, results)
+                await trio.sleep(0.01)
+    assert len(results) == 12 and all(isinstance(r, int) for _, r in results)
+
+
+async def test_client_giving_up_in_the_queue_costs_no_model_its_slot(autojump_clock):
+    launcher = FakeLauncher()
+    s = Scheduler(models("a", "b"), launcher, models_max=1)
+    async with running(s) as n:
+        n.start_soon(use, s, "a", 100)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(10):
+            await use(s, "b")  # queued behind busy a; gives up
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.models["b"].state == "unloaded" and s.models["a"].state == "loaded"
+        assert launcher.launches == ["a"]
