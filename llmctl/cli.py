@@ -109,8 +109,12 @@ def unload(ctx: click.Context, name: str, force: bool, no_wait: bool, as_json: b
     """Unload a model once its requests in flight are done (or at once with --force)."""
     def go() -> None:
         with _client(ctx) as c:
-            model = c.call("POST", "/unload",
-                           json={"model": name, "force": force, "wait": not no_wait})
+            model = c.call("POST", "/unload", json={"model": name, "force": force, "wait": False})
+            if model.get("state") == "draining" and not as_json:
+                click.echo(f"{model['id']}: draining ({model.get('leases', 0)} requests in "
+                           "flight; --force cancels them)", err=True)
+            if not no_wait:
+                model = c.call("POST", "/unload", json={"model": name, "force": force})
         if as_json:
             _print_json(model)
         else:

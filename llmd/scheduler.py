@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import trio
 
-from . import books
+from . import books, status
 from .catalog import ModelSpec, names
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
 from .memory import Device
@@ -334,7 +333,7 @@ class Scheduler:
     async def _admit(self, model: Model) -> None:
         """Wait our FIFO turn, then evict idle models until the count and memory allow it."""
         async with self._admission:
-            with trio.move_on_after(self.drain_timeout) as drain:
+            with trio.move_on_after(self.drain_timeout):
                 while True:
                     short = self._short_devices(model)
                     over = bool(self.models_max) and self._running_count(model) >= self.models_max
@@ -408,39 +407,7 @@ class Scheduler:
 
     def describe(self, model: Model) -> dict[str, Any]:
         """One model in the llama.cpp router's /models shape, plus llmd's own fields."""
-        spec = model.spec
-        status: dict[str, Any] = {"value": _WIRE.get(model.state, model.state),
-                                  "args": list(spec.child_args())}
-        if model.state == UNLOADED and model.failure is not None:
-            status.update(failed=True, exit_code=model.failure.exit_code,
-                          reason=model.failure.reason, tail=model.failure.tail[-20:])
-        now = trio.current_time()
-        wall = time.time()
-        handle = model.handle
-        return {
-            "id": spec.name,
-            "aliases": list(spec.aliases),
-            "tags": list(spec.tags),
-            "object": "model",
-            "owned_by": "llmd",
-            "created": int(wall),
-            "source": spec.source,
-            "path": spec.path,
-            "status": status,
-            "state": model.state,
-            "pid": handle.pid if handle else None,
-            "port": handle.port if handle else None,
-            "leases": model.leases,
-            "waiters": model.waiters,
-            "pinned": spec.pin,
-            "memory": {"estimate_mib": model.need, "source": model.need_source,
-                       "measured_mib": model.measured},
-            "ttl": spec.ttl,
-            "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
-                         if spec.ttl and model.state == LOADED and not model.leases else None),
-            "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
-            "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
-        }
+        return status.describe(model, _WIRE.get(model.state, model.state), trio.current_time())
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every model, described."""

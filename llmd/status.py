@@ -1,0 +1,46 @@
+"""How a model is described on the wire: the llama.cpp router's shape plus llmd's fields."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .scheduler import Model
+
+
+def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
+    """One model for /models, llmctl ps and status; `now` is the scheduler's clock."""
+    spec = model.spec
+    status: dict[str, Any] = {"value": wire_state,
+                              "args": list(spec.child_args())}
+    if model.state == "unloaded" and model.failure is not None:
+        status.update(failed=True, exit_code=model.failure.exit_code,
+                      reason=model.failure.reason, tail=model.failure.tail[-20:])
+    wall = time.time()
+    handle = model.handle
+    return {
+        "id": spec.name,
+        "aliases": list(spec.aliases),
+        "tags": list(spec.tags),
+        "object": "model",
+        "owned_by": "llmd",
+        "created": int(wall),
+        "source": spec.source,
+        "path": spec.path,
+        "status": status,
+        "state": model.state,
+        "pid": handle.pid if handle else None,
+        "port": handle.port if handle else None,
+        "leases": model.leases,
+        "waiters": model.waiters,
+        "pinned": spec.pin,
+        "memory": {"estimate_mib": model.need, "source": model.need_source,
+                   "measured_mib": model.measured},
+        "ttl": spec.ttl,
+        "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
+                     if spec.ttl and model.state == "loaded" and not model.leases else None),
+        "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
+        "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
+    }
