@@ -161,3 +161,14 @@ async def test_client_giving_up_in_the_queue_costs_no_model_its_slot(autojump_cl
         await trio.testing.wait_all_tasks_blocked()
         assert s.models["b"].state == "unloaded" and s.models["a"].state == "loaded"
         assert launcher.launches == ["a"]
+
+
+async def test_load_on_startup_models_load_when_the_scheduler_starts(autojump_clock):
+    launcher = FakeLauncher()
+    specs = {"boot": ModelSpec(name="boot", path="/b", args=(), load_on_startup=True),
+             **models("lazy")}
+    s = Scheduler(specs, launcher)
+    async with running(s):
+        await trio.sleep(5)
+        assert s.models["boot"].state == "loaded" and s.models["lazy"].state == "unloaded"
+        assert s.models["boot"].keep
