@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import trio
 
-from . import __version__, catalog, config as config_mod, daemon
+from . import __version__, catalog, config as config_mod, daemon, systemd
 from .errors import ConfigError
 
 
@@ -44,10 +44,22 @@ def main(config_path: Path | None, listen: str | None, control_socket: str | Non
         click.echo(f"llmd: {exc}", err=True)
         sys.exit(2)
     try:
-        trio.run(daemon.run, config, specs)
+        activation = systemd.listen_fds(os.environ)
+    except systemd.ActivationError as exc:
+        click.echo(f"llmd: {exc}", err=True)
+        sys.exit(1)
+    if activation.ignored:
+        logging.getLogger("llmd").warning("%s", activation.ignored)
+    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    notifier = systemd.Notifier(os.environ)
+    try:
+        trio.run(daemon.run, config, specs, activation, notifier)
     except daemon.ListenError as exc:
         click.echo(f"llmd: {exc}", err=True)
         sys.exit(1)
+    finally:
+        notifier.close()
 
 
 if __name__ == "__main__":

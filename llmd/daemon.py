@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .proxy import Proxy, fresh_client, upstream_client
 from .router import Router
 from .scheduler import Handle, Launcher, Scheduler
+from .systemd import Activation, Notifier
 
 log = logging.getLogger("llmd")
 
@@ -153,12 +154,67 @@ async def _until_signal(shutdown: trio.Event) -> None:
     shutdown.set()
 
 
-async def run(config: Config, specs: dict[str, ModelSpec] | None = None) -> None:
+def status_line(scheduler: Scheduler) -> str:
+    """What llmd is doing, for systemd's STATUS=: "3 models, 1 loaded: gemma (2 in flight)"."""
+    loaded = [m for m in scheduler.models.values() if m.state in ("loaded", "draining")]
+    starting = [m.spec.name for m in scheduler.models.values()
+                if m.state in ("estimating", "queued", "loading")]
+    text = f"{len(scheduler.models)} models, {len(loaded)} loaded"
+    if loaded:
+        text += ": " + ", ".join(
+            m.spec.name + (f" ({m.leases} in flight)" if m.leases else "") for m in loaded)
+    if starting:
+        text += "; loading " + ", ".join(starting)
+    return text
+
+
+async def _report_status(scheduler: Scheduler, notifier: Notifier) -> None:
+    events = scheduler.subscribe()
+    while True:
+        notifier.status(status_line(scheduler))
+        # State changes come as events; in-flight counts are refreshed every few seconds.
+        with trio.move_on_after(5):
+            await events.receive()
+
+
+async def _startup_loads(scheduler: Scheduler, notifier: Notifier) -> None:
+    """Wait for load_on_startup models to settle, asking systemd for more time meanwhile."""
+    for model in scheduler.models.values():
+        while model.spec.load_on_startup and model.state in ("estimating", "queued", "loading"):
+            notifier.send(f"EXTEND_TIMEOUT_USEC={int(15e6)}",
+                          f"STATUS=loading {model.spec.name} (load_on_startup)")
+            with trio.move_on_after(10):
+                await model.changed.wait()
+
+
+@contextmanager
+def _router_socket(config: Config, activation: Activation) -> Iterator[socket.socket]:
+    sock = activation.sockets.get("http") or bind_tcp(config.listen)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@contextmanager
+def _control_socket(config: Config, activation: Activation) -> Iterator[socket.socket]:
+    passed = activation.sockets.get("control")
+    if passed is not None:  # systemd owns it: its mode, group and removal are the unit's
+        yield passed
+        return
+    with control_listener(config) as sock:
+        yield sock
+
+
+async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
+              activation: Activation | None = None, notifier: Notifier | None = None) -> None:
     """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
     specs = catalog.build(config) if specs is None else specs
+    activation = activation or Activation()
+    notifier = notifier or Notifier({})
     shutdown = trio.Event()
-    with control_listener(config) as control_sock:
-        router_sock = bind_tcp(config.listen)
+    with _control_socket(config, activation) as control_sock, \
+            _router_socket(config, activation) as router_sock:
         async with upstream_client() as client, fresh_client() as fresh:
             scheduler = Scheduler(specs, make_launcher(config, client),
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
@@ -169,16 +225,26 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None) -> None
                 await nursery.start(scheduler.run)
                 async with trio.open_nursery() as servers:
                     servers.start_soon(_until_signal, shutdown)
-                    await servers.start(partial(
-                        hypercorn.trio.serve, router, _server_config(router_sock.detach(), config),
-                        shutdown_trigger=shutdown.wait))
-                    await servers.start(partial(
-                        hypercorn.trio.serve, control, _server_config(os.dup(control_sock.fileno()),
-                                                                       config),
-                        shutdown_trigger=shutdown.wait))
-                    log.info("llmd ready: router on %s, control on %s, %d models",
-                             config.listen, config.control_socket, len(specs))
+                    for app, sock in ((router, router_sock), (control, control_sock)):
+                        # hypercorn gets its own fd; ours is closed when the block ends.
+                        await servers.start(partial(
+                            hypercorn.trio.serve, app, _server_config(os.dup(sock.fileno()),
+                                                                      config),
+                            shutdown_trigger=shutdown.wait))
+                    log.info("llmd listening: router on %s, control on %s, %d models",
+                             _where(router_sock), _where(control_sock), len(specs))
+                    nursery.start_soon(notifier.watchdog)
+                    await _startup_loads(scheduler, notifier)
+                    notifier.send("READY=1", f"STATUS={status_line(scheduler)}")
+                    nursery.start_soon(_report_status, scheduler, notifier)
+                    await shutdown.wait()
+                    notifier.send("STOPPING=1", "STATUS=stopping: finishing requests in flight")
                 log.info("listeners closed; stopping children")
+                notifier.send("STATUS=stopping: stopping children")
                 nursery.cancel_scope.cancel()  # stops every child, each with its own timeout
     log.info("llmd stopped")
 
+
+def _where(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return name if isinstance(name, str) else f"{name[0]}:{name[1]}"
