@@ -14,11 +14,34 @@ from . import __version__, catalog, config as config_mod, daemon, systemd
 from .errors import ConfigError
 
 
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """`<N>name: message`: the journal reads the priority and stamps the time itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def stderr_is_journal(env: dict[str, str] | os._Environ[str]) -> bool:
+    """True when stderr is the stream $JOURNAL_STREAM names (device:inode)."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return env.get("JOURNAL_STREAM", "") == f"{st.st_dev}:{st.st_ino}"
+    except (OSError, ValueError):
+        return False
+
+
 def _setup_logging(level: str) -> None:
-    # Under systemd the journal stamps time itself; elsewhere a timestamp helps.
-    fmt = "%(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal(os.environ):
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
 
 

@@ -55,17 +55,19 @@ def listen_fds(env: Mapping[str, str], pid: int | None = None) -> Activation:
     for i in range(count):
         fd = LISTEN_FDS_START + i
         name = names[i] if i < len(names) else ""
-        role = name if name in ("http", "control") else ("http" if count == 1 else "")
-        if not role:
-            raise ActivationError(f"socket activation: fd {fd} is named {name or '(nothing)'!r}; "
-                                  "name them with FileDescriptorName=http or =control")
-        if role in sockets:
-            raise ActivationError(f"socket activation: two fds are named {role!r}")
         try:
             sock = socket.socket(fileno=fd)
         except OSError as exc:
-            raise ActivationError(f"socket activation: fd {fd} ({role}) is not a socket: "
-                                  f"{exc.strerror}")
+            raise ActivationError(f"socket activation: fd {fd} is not a socket: {exc.strerror}")
+        # FileDescriptorName= names every fd of a unit alike, so a name says the role only
+        # when it is http/control and unique; otherwise the family does: Unix is control.
+        if name in ("http", "control") and names.count(name) == 1:
+            role = name
+        else:
+            role = "control" if sock.family == socket.AF_UNIX and count > 1 else "http"
+        if role in sockets:
+            raise ActivationError(f"socket activation: two fds would be the {role} socket; "
+                                  "name them with FileDescriptorName=http and =control")
         _check(role, sock, fd)
         os.set_inheritable(fd, False)  # children must not hold llmd's listeners
         sockets[role] = sock

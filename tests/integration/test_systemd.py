@@ -123,9 +123,21 @@ def test_listen_pid_for_another_process_is_ignored_with_a_reason():
     assert "LISTEN_PID=1 is for another process (this is 4242)" in activation.ignored
 
 
-def test_unnamed_fds_beyond_one_are_refused():
-    with pytest.raises(systemd.ActivationError, match="FileDescriptorName"):
-        systemd.listen_fds({"LISTEN_FDS": "2", "LISTEN_PID": "7", "LISTEN_FDNAMES": "a:b"}, pid=7)
+@needs_activate
+def test_one_socket_unit_with_both_listeners_is_split_by_family(tmp_path):
+    # systemd names every fd of one .socket unit alike (here "llmd"), as llmd.socket does.
+    config = write_config(tmp_path)
+    port, ctl = free_port(), str(tmp_path / "activated.sock")
+    proc = subprocess.Popen([ACTIVATE, "-l", f"127.0.0.1:{port}", "-l", ctl,
+                             "--fdname=llmd:llmd", *llmd_cmd(config)])
+    try:
+        wait_until(lambda: os.path.exists(ctl), 10, "the activation socket")
+        result = subprocess.run([sys.executable, "-m", "llmctl", "--socket", ctl, "ps"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "a " in result.stdout
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        assert stop(proc) == 0
 
 
 @pytest.mark.parametrize("abstract", [False, True])
