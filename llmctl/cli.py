@@ -149,3 +149,22 @@ def events(ctx: click.Context) -> None:
             for event in c.events():
                 click.echo(json.dumps(event), nl=True)
     _run(go)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def reload(ctx: click.Context, as_json: bool) -> None:
+    """Re-read the configuration and the models directory (like SIGHUP)."""
+    def go() -> None:
+        with _client(ctx) as c:
+            result = c.call("POST", "/reload")
+        if as_json:
+            _print_json(result)
+        else:
+            for key in ("added", "removed", "changed"):
+                if result.get(key):
+                    click.echo(f"{key}: {', '.join(result[key])}")
+            if not any(result.get(k) for k in ("added", "removed", "changed")):
+                click.echo("reloaded: no model changed")
+    _run(go)

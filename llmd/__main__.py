@@ -59,10 +59,14 @@ def main(config_path: Path | None, listen: str | None, control_socket: str | Non
          models_dir: str | None, log_level: str) -> None:
     """Route OpenAI-compatible requests to llama-server processes it loads on demand."""
     _setup_logging(log_level)
+    overrides = {"listen": listen, "control_socket": control_socket, "models_dir": models_dir}
+
+    def load() -> tuple[config_mod.Config, dict[str, catalog.ModelSpec]]:
+        config = config_mod.load(config_path, overrides)
+        return config, catalog.build(config)
+
     try:
-        config = config_mod.load(config_path, {"listen": listen, "control_socket": control_socket,
-                                               "models_dir": models_dir})
-        specs = catalog.build(config)
+        config, specs = load()
     except ConfigError as exc:
         click.echo(f"llmd: {exc}", err=True)
         sys.exit(2)
@@ -77,7 +81,7 @@ def main(config_path: Path | None, listen: str | None, control_socket: str | Non
         os.environ.pop(key, None)
     notifier = systemd.Notifier(os.environ)
     try:
-        trio.run(daemon.run, config, specs, activation, notifier)
+        trio.run(daemon.run, config, specs, activation, notifier, load)
     except daemon.ListenError as exc:
         click.echo(f"llmd: {exc}", err=True)
         sys.exit(1)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import asgi
 from .asgi import Receive, Scope, Send
 from .config import Config
-from .errors import BadRequest, LlmdError, NotFound
+from .errors import BadRequest, ConfigError, LlmdError, NotFound
 from .scheduler import Scheduler
 
 log = logging.getLogger("llmd.control")
@@ -23,6 +23,7 @@ class Control:
         self.config = config
         self.scheduler = scheduler
         self.started = time.time()
+        self.reload: Callable[[], dict[str, Any]] = lambda: {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -51,6 +52,11 @@ class Control:
                 async with asgi.cancelled_on_disconnect(receive, send) as send:
                     await asgi.event_stream(send, self.scheduler.subscribe())
                 return
+        elif method == "POST" and path == "/reload":
+            try:
+                return await asgi.send_json(send, 200, self.reload())
+            except ConfigError as exc:
+                raise BadRequest(f"reload failed, the running configuration stays: {exc}")
         elif method == "POST" and path in ("/load", "/unload"):
             body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20))
             name = body.get("model")

@@ -21,6 +21,7 @@ import trio
 from . import catalog, child
 from .catalog import ModelSpec
 from .config import Config
+from .errors import ConfigError
 from .control import Control
 from .estimate import Estimator
 from .memory import Devices
@@ -146,9 +147,52 @@ def memory_accounting(config: Config) -> dict[str, object]:
                                    timeout=config.estimate_timeout)}
 
 
-async def _until_signal(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+# Reads the configuration again: the new Config and catalog, or ConfigError.
+Loader = Callable[[], tuple[Config, dict[str, ModelSpec]]]
+
+
+class Reloader:
+    """Applies a re-read configuration to the running daemon (SIGHUP, llmctl reload)."""
+
+    def __init__(self, load: Loader | None, config: Config, scheduler: Scheduler,
+                 apps: list[Router | Control]) -> None:
+        self.load = load
+        self.config = config
+        self.scheduler = scheduler
+        self.apps = apps
+
+    def __call__(self) -> dict[str, object]:
+        """Reload now; raise ConfigError (keeping the running config) when the file is bad."""
+        if self.load is None:
+            return {"added": [], "removed": [], "changed": []}
+        try:
+            config, specs = self.load()
+        except ConfigError as exc:
+            log.error("reload failed; keeping the running configuration: %s", exc)
+            raise
+        for key in ("listen", "control_socket", "control_socket_mode", "control_group"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changed; it takes effect when llmd restarts", key)
+        result = self.scheduler.update(specs, models_max=config.models_max,
+                                       drain_timeout=config.drain_timeout)
+        for app in self.apps:
+            app.config = config
+        self.config = config
+        log.info("reloaded %s: %d models (added %s, removed %s, changed %s)", config.source,
+                 len(specs), result["added"] or "none", result["removed"] or "none",
+                 result["changed"] or "none")
+        return result
+
+
+async def _until_signal(shutdown: trio.Event, reload: Callable[[], object]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                try:
+                    reload()
+                except ConfigError:
+                    pass  # logged; the running configuration stays
+                continue
             log.info("received %s; shutting down", signal.Signals(signum).name)
             break
     shutdown.set()
@@ -207,7 +251,8 @@ def _control_socket(config: Config, activation: Activation) -> Iterator[socket.s
 
 
 async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
-              activation: Activation | None = None, notifier: Notifier | None = None) -> None:
+              activation: Activation | None = None, notifier: Notifier | None = None,
+              load: Loader | None = None) -> None:
     """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
     specs = catalog.build(config) if specs is None else specs
     activation = activation or Activation()
@@ -221,10 +266,12 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                   **memory_accounting(config))
             router = Router(config, scheduler, Proxy(client, fresh), Metrics())
             control = Control(config, scheduler)
+            reloader = Reloader(load, config, scheduler, [router, control])
+            router.reload = control.reload = reloader
             async with trio.open_nursery() as nursery:
                 await nursery.start(scheduler.run)
                 async with trio.open_nursery() as servers:
-                    servers.start_soon(_until_signal, shutdown)
+                    servers.start_soon(_until_signal, shutdown, reloader)
                     for app, sock in ((router, router_sock), (control, control_sock)):
                         # hypercorn gets its own fd; ours is closed when the block ends.
                         await servers.start(partial(

@@ -100,6 +100,11 @@ class TooBig(LlmdError):
     type = "unavailable_error"
 
 
+class ServerError(LlmdError):
+    status = 500
+    type = "server_error"
+
+
 class UpstreamError(LlmdError):
     status = 502
     type = "server_error"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import asgi
 from .asgi import Receive, Scope, Send
 from .config import Config
-from .errors import BadRequest, LlmdError, NotFound, Unauthorized
+from .errors import BadRequest, ConfigError, LlmdError, NotFound, ServerError, Unauthorized
 from .metrics import Metrics
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -45,7 +45,7 @@ class Router:
         self.scheduler = scheduler
         self.proxy = proxy
         self.metrics = metrics
-        self._keys = [k.encode() for k in config.api_keys]
+        self.reload: Callable[[], object] = lambda: None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -76,7 +76,8 @@ class Router:
             self.metrics.request(model, path, status["code"] or 499, time.perf_counter() - started)
 
     def _check_key(self, scope: Scope) -> None:
-        if not self._keys or scope["path"] in ("/health", "/v1/health"):
+        keys = [k.encode() for k in self.config.api_keys]
+        if not keys or scope["path"] in ("/health", "/v1/health"):
             return
         given = asgi.header(scope, b"x-api-key")
         auth = asgi.header(scope, b"authorization")
@@ -84,7 +85,7 @@ class Router:
             given = auth[7:].strip()
         candidate = (given or "").encode()
         # Compare against every key, always, so timing says nothing about which matched.
-        if not any([hmac.compare_digest(candidate, key) for key in self._keys]) or not given:
+        if not any([hmac.compare_digest(candidate, key) for key in keys]) or not given:
             raise Unauthorized("invalid or missing API key")
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send,
@@ -96,6 +97,11 @@ class Router:
             if path in ("/health", "/v1/health"):
                 return await asgi.send_json(send, 200, {"status": "ok"})
             if path in ("/models", "/v1/models"):
+                if params.get("reload"):
+                    try:
+                        self.reload()
+                    except ConfigError as exc:
+                        raise ServerError(f"reload failed: {exc}")
                 return await asgi.send_json(send, 200, {"object": "list",
                                                         "data": self.scheduler.snapshot()})
             if path == "/models/sse":

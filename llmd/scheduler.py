@@ -214,7 +214,9 @@ class Scheduler:
 
     async def unload(self, name: str, *, force: bool = False, wait: bool = True) -> Model:
         """Stop a model: cancel its load, or let its leases drain (or cancel them with force)."""
-        model = self.resolve(name)
+        return await self._unload(self.resolve(name), force=force, wait=wait)
+
+    async def _unload(self, model: Model, *, force: bool = False, wait: bool = True) -> Model:
         if model.state == UNLOADED:
             return model
         if model.state == LOADED:
@@ -327,7 +329,7 @@ class Scheduler:
                 await model.activity.wait()
             if idle.cancelled_caught and model.state == LOADED and model.attempt == attempt:
                 log.info("%s: idle for %gs (ttl); unloading", model.spec.name, model.spec.ttl)
-                await self.unload(model.spec.name)
+                await self._unload(model)
                 return
 
     async def _admit(self, model: Model) -> None:
@@ -344,7 +346,7 @@ class Scheduler:
                         log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
                                  f"memory on {', '.join(short)}" if short else "models_max")
                         self.evictions += 1
-                        await self.unload(victim.spec.name)
+                        await self._unload(victim)
                     else:
                         await self._released.wait()
             raise NoRoom(
@@ -379,6 +381,45 @@ class Scheduler:
                 and not m.spec.pin
                 and (not short or any(m.holding().get(d) for d in short))]
         return min(idle, key=lambda m: (m.spec.priority, m.last_used), default=None)
+
+    # ---- reload ---------------------------------------------------------------
+
+    def update(self, specs: dict[str, ModelSpec], *, models_max: int,
+               drain_timeout: float) -> dict[str, list[str]]:
+        """Take a new catalog: add models, retire removed ones, restart changed ones when idle."""
+        self.models_max, self.drain_timeout = models_max, drain_timeout
+        added, removed, changed = [], [], []
+        for name, spec in specs.items():
+            model = self.models.get(name)
+            if model is None:
+                self.models[name] = Model(spec)
+                added.append(name)
+            elif model.spec != spec:
+                restart = model.spec.child_args() != spec.child_args() and model.state != UNLOADED
+                model.spec = spec
+                changed.append(name)
+                if restart:
+                    self._nursery_start(self._restart_when_idle, model)
+        for name in [n for n in self.models if n not in specs]:
+            removed.append(name)
+            self._nursery_start(self._retire, self.models[name])
+        self._names = names(specs)  # retired models can no longer be named by new requests
+        self._publish({"model": "*", "event": "models_reload",
+                       "data": {"added": added, "removed": removed, "changed": changed}})
+        return {"added": added, "removed": removed, "changed": changed}
+
+    async def _retire(self, model: Model) -> None:
+        await self._unload(model)
+        if self._names.get(model.spec.name) is None:
+            self.models.pop(model.spec.name, None)
+
+    async def _restart_when_idle(self, model: Model) -> None:
+        """Unload once its requests are done, then load again with the new arguments."""
+        keep = model.keep
+        await self._unload(model)
+        log.info("%s: restarting with its new arguments", model.spec.name)
+        if self._names.get(model.spec.name) == model.spec.name and model.state == UNLOADED:
+            self._start(model, keep=keep)
 
     # ---- state and events -----------------------------------------------------
 
