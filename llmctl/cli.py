@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from . import render
-from .client import DEFAULT_SOCKET, Client, ClientError, DaemonError
+from .client import DEFAULT_SOCKET, Client, ClientError, DaemonError, default_socket
 
 
 def _print_json(data: Any) -> None:
@@ -40,11 +40,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", metavar="PATH",
-              help=f"llmd's control socket (default: $LLMD_SOCKET, then {DEFAULT_SOCKET}).")
+              help="llmd's control socket (default: $LLMD_SOCKET, then "
+                   f"$XDG_RUNTIME_DIR/llmd/control.sock if it exists, then {DEFAULT_SOCKET}).")
 @click.pass_context
 def main(ctx: click.Context, socket_path: str | None) -> None:
     """Control llmd: load and unload models, see what runs."""
-    ctx.obj = {"socket": socket_path or os.environ.get("LLMD_SOCKET") or DEFAULT_SOCKET}
+    ctx.obj = {"socket": socket_path or default_socket(os.environ)}
 
 
 @main.command()

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from typing import Any, Iterator
 
 import httpx
 
 DEFAULT_SOCKET = "/run/llmd/control.sock"
+
+
+def default_socket(env: "dict[str, str] | os._Environ[str]") -> str:
+    """$LLMD_SOCKET, then a user instance's socket if one is there, then the system one."""
+    if env.get("LLMD_SOCKET"):
+        return env["LLMD_SOCKET"]
+    user = os.path.join(env.get("XDG_RUNTIME_DIR", ""), "llmd", "control.sock")
+    if os.geteuid() != 0 and env.get("XDG_RUNTIME_DIR") and os.path.exists(user):
+        return user
+    return DEFAULT_SOCKET
 
 
 class ClientError(Exception):

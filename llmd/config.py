@@ -38,7 +38,7 @@ class Config:
 
     source: str = "<defaults>"
     listen: str = "127.0.0.1:8080"
-    control_socket: str = "/run/llmd/control.sock"
+    control_socket: str = ""  # empty: $RUNTIME_DIRECTORY, /run/llmd for root, else XDG runtime
     control_socket_mode: int = 0o660
     control_group: str = "llmd"
     models_dir: str = "/var/lib/llmd/models"
@@ -214,6 +214,15 @@ def read(path: Path) -> Config:
     return parse(data, str(path))
 
 
+def default_control_socket(env: Mapping[str, str]) -> str:
+    """$RUNTIME_DIRECTORY/control.sock under systemd, /run/llmd for root, else XDG runtime."""
+    if env.get("RUNTIME_DIRECTORY"):
+        return os.path.join(env["RUNTIME_DIRECTORY"].split(":")[0], "control.sock")
+    if os.geteuid() != 0 and env.get("XDG_RUNTIME_DIR"):
+        return os.path.join(env["XDG_RUNTIME_DIR"], "llmd", "control.sock")
+    return "/run/llmd/control.sock"
+
+
 def default_state_dir(env: Mapping[str, str]) -> str:
     """$STATE_DIRECTORY under systemd, /var/lib/llmd for root, else the XDG state dir."""
     if env.get("STATE_DIRECTORY"):
@@ -260,7 +269,7 @@ def load(
         llama_server=resolve_llama_server(config.llama_server, env),
         # Absolute, so what status reports and children get doesn't depend on a cwd.
         models_dir=os.path.abspath(config.models_dir),
-        control_socket=os.path.abspath(config.control_socket),
+        control_socket=os.path.abspath(config.control_socket or default_control_socket(env)),
         state_dir=config.state_dir or default_state_dir(env),
     )
     if not Path(config.models_dir).is_dir():

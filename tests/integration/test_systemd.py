@@ -113,7 +113,7 @@ def test_a_datagram_socket_is_refused_in_one_line(tmp_path):
         proc.kill()
     assert proc.returncode == 1
     line = [l for l in err.splitlines() if l.startswith("llmd:")]
-    assert line == [f"llmd: socket activation: fd 3 (http) is not a listening stream socket; "
+    assert line == ["llmd: socket activation: fd 3 (http) is not a listening stream socket; "
                     "use ListenStream= in llmd.socket"]
 
 
