@@ -7,10 +7,10 @@ import os
 import time
 from typing import Any, Callable
 
-from . import asgi
+from . import asgi, peercred
 from .asgi import Receive, Scope, Send
 from .config import Config
-from .errors import BadRequest, ConfigError, LlmdError, NotFound
+from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound
 from .scheduler import Scheduler
 
 log = logging.getLogger("llmd.control")
@@ -52,7 +52,9 @@ class Control:
                 async with asgi.cancelled_on_disconnect(receive, send) as send:
                     await asgi.event_stream(send, self.scheduler.subscribe())
                 return
-        elif method == "POST" and path == "/reload":
+        elif method == "POST":
+            self._authorize(path)
+        if method == "POST" and path == "/reload":
             try:
                 return await asgi.send_json(send, 200, self.reload())
             except ConfigError as exc:
@@ -74,6 +76,16 @@ class Control:
                 return
             return await asgi.send_json(send, 200, self.scheduler.describe(model))
         raise NotFound(f"no route for {method} {path}")
+
+    def _authorize(self, path: str) -> None:
+        peer = peercred.PEER.get()
+        if peercred.may_control(peer, self.config.control_group):
+            return
+        who = f"uid {peer.uid} pid {peer.pid}" if peer else "an unknown peer"
+        log.warning("denied %s from %s (not root, llmd's user or group %r)", path, who,
+                    self.config.control_group)
+        raise Forbidden(f"{path.strip('/')} needs root, llmd's own user or membership in group "
+                        f"'{self.config.control_group}'")
 
     async def _while_connected(self, receive: Receive, send: Send, work: Any) -> Any:
         # Waiting for a load is cancelled when llmctl goes away; the load itself goes on.

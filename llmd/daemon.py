@@ -18,7 +18,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from . import catalog, child
+from . import catalog, child, peercred
 from .catalog import ModelSpec
 from .config import Config
 from .errors import ConfigError
@@ -255,6 +255,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
               load: Loader | None = None) -> None:
     """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
     specs = catalog.build(config) if specs is None else specs
+    peercred.install()
     activation = activation or Activation()
     notifier = notifier or Notifier({})
     shutdown = trio.Event()

@@ -57,9 +57,10 @@ class Llmd:
     def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
         self.tmp = tmp
         self.port = free_port()
-        self.socket = str(tmp / "control.sock")
-        self.config = {"listen": f"127.0.0.1:{self.port}", "control_socket": self.socket,
+        self.config = {"listen": f"127.0.0.1:{self.port}",
+                       "control_socket": str(tmp / "control.sock"),
                        "models_dir": str(tmp / "models"), "stop_timeout": 5, **config}
+        self.socket = self.config["control_socket"]
         Path(self.config["models_dir"]).mkdir(exist_ok=True)
         self.config_path = tmp / "llmd.toml"
         self.config_path.write_text(tomli_w.dumps(self.config))

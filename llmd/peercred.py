@@ -1,0 +1,95 @@
+"""Who is on the other end of a control-socket connection (SO_PEERCRED), for the apps.
+
+hypercorn's ASGI scope has no client for Unix sockets, so llmd wraps the one place
+hypercorn starts serving a connection: there it reads the peer's pid/uid/gid into a
+context variable, which the connection's ASGI tasks inherit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import grp
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import hypercorn.trio.run as _hypercorn_run
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process that connected: its pid, uid and all its gids."""
+
+    pid: int
+    uid: int
+    gids: frozenset[int]
+
+
+PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("llmd_peer", default=None)
+_CREDS = struct.Struct("3i")
+
+
+def _groups(pid: int, gid: int) -> frozenset[int]:
+    gids = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    gids.update(int(g) for g in line.split()[1:])
+    except OSError:
+        pass
+    return frozenset(gids)
+
+
+def peer_of(sock: Any) -> Peer | None:
+    """The credentials of a connected Unix socket's peer."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    pid, uid, gid = _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  _CREDS.size))
+    return Peer(pid, uid, _groups(pid, gid))
+
+
+def may_control(peer: Peer | None, group: str) -> bool:
+    """Root, llmd's own user and members of `group` may load, unload and reload."""
+    if peer is None:  # not a Unix socket: no credentials to go by
+        return False
+    if peer.uid in (0, os.geteuid()):
+        return True
+    try:
+        entry = grp.getgrnam(group) if group else None
+    except KeyError:
+        return False
+    if entry is None:
+        return False
+    if entry.gr_gid in peer.gids:
+        return True
+    try:
+        return pwd.getpwuid(peer.uid).pw_name in entry.gr_mem
+    except KeyError:
+        return False
+
+
+def install() -> None:
+    """Make hypercorn record each connection's peer before serving it (idempotent)."""
+    server = _hypercorn_run.TCPServer
+    if getattr(server, "_llmd_peercred", False):
+        return
+
+    def serve_connection(app: Any, config: Any, context: Any, state: Any, stream: Any) -> Any:
+        connection = server(app, config, context, state, stream)
+
+        async def run() -> None:
+            try:
+                PEER.set(peer_of(stream.socket))
+            except OSError:
+                PEER.set(None)
+            await connection
+
+        return run()
+
+    serve_connection._llmd_peercred = True  # type: ignore[attr-defined]
+    _hypercorn_run.TCPServer = serve_connection  # type: ignore[assignment]
