@@ -215,3 +215,25 @@ def test_sigterm_during_a_stream_and_a_load_exits_0_leaving_no_child(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_load_on_startup_extends_the_start_timeout_until_ready(tmp_path):
+    config = write_config(tmp_path, models={"boot": {"path": "boot.gguf",
+                                                      "load_on_startup": True}})
+    (tmp_path / "models" / "boot.gguf").write_text(json.dumps({"load_delay": 1.5}))
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(address)
+        notify.settimeout(30)
+        proc = subprocess.Popen(llmd_cmd(config), env={**os.environ, "NOTIFY_SOCKET": address})
+        lines: list[str] = []
+        try:
+            while "READY=1" not in lines:
+                lines += notify.recv(4096).decode().splitlines()
+            extend = [i for i, l in enumerate(lines) if l.startswith("EXTEND_TIMEOUT_USEC=")]
+            assert extend and extend[0] < lines.index("READY=1")
+            assert "STATUS=loading boot (load_on_startup)" in lines
+            ready_status = lines[lines.index("READY=1") + 1]
+            assert ready_status.startswith("STATUS=2 models, 1 loaded: boot")
+        finally:
+            assert stop(proc) == 0

@@ -42,6 +42,16 @@ def test_system_units_verify(tmp_path):
     assert result.stderr.strip() == "", result.stderr
 
 
+def test_user_units_verify(tmp_path):
+    units, env = stage(tmp_path, ROOT / "systemd" / "user")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run([ANALYZE, "--user", "verify", *units], capture_output=True,
+                            text=True, env={**env, "XDG_RUNTIME_DIR": str(runtime)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
 def test_service_has_the_expected_shape():
     service = (ROOT / "systemd" / "llmd.service").read_text()
     for line in ("Type=notify", "KillMode=control-group", "Restart=on-failure",
