@@ -129,6 +129,13 @@ async def cancelled_on_disconnect(receive: Receive, send: Send) -> AsyncIterator
         raise error
 
 
+async def handled_as_non_http(scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer lifespan (and ignore anything else that isn't HTTP); True if not HTTP."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+    return scope["type"] != "http"
+
+
 async def lifespan(receive: Receive, send: Send) -> None:
     """Answer the ASGI lifespan protocol; llmd's own lifetime is its nursery's."""
     while True:

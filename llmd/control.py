@@ -26,10 +26,7 @@ class Control:
         self.reload: Callable[[], dict[str, Any]] = lambda: {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await asgi.lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await asgi.handled_as_non_http(scope, receive, send):
             return
         try:
             await self._dispatch(scope, receive, send)

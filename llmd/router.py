@@ -48,10 +48,7 @@ class Router:
         self.reload: Callable[[], object] = lambda: None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await asgi.lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await asgi.handled_as_non_http(scope, receive, send):
             return
         started = time.perf_counter()
         status = {"code": 0, "model": ""}
