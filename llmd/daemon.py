@@ -28,7 +28,8 @@ from .memory import Devices
 from .metrics import Metrics
 from .proxy import Proxy, fresh_client, upstream_client
 from .router import Router
-from .scheduler import Handle, Launcher, Scheduler
+from .model import Handle, Launcher
+from .scheduler import Scheduler
 from .systemd import Activation, Notifier
 
 log = logging.getLogger("llmd")

@@ -1,0 +1,88 @@
+"""The books on one model, and what the scheduler needs of children, devices and estimates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+import trio
+
+from . import books
+from .catalog import ModelSpec
+from .errors import LlmdError
+from .memory import Device
+
+
+class Handle(Protocol):
+    """What the scheduler needs of a running child."""
+
+    pid: int
+    port: int
+    base_url: str
+
+    def tail(self, n: int = 20) -> list[str]: ...
+
+
+class Exit(Protocol):
+    code: int | None
+    reason: str
+    tail: list[str]
+    ready: bool
+
+
+# launcher(spec, on_ready) runs a child until it exits; cancelling it stops the child.
+Launcher = Callable[[ModelSpec, Callable[[Handle], None]], Awaitable[Exit]]
+
+
+class DeviceTable(Protocol):
+    """Where memory is read: memory.Devices, or a stub in tests."""
+
+    def read(self) -> list[Device]: ...
+
+    def process_use(self, pid: int) -> dict[str, int]: ...
+
+
+class NeedSource(Protocol):
+    """Where a model's need per device comes from: estimate.Estimator, or a stub."""
+
+    async def need(self, spec: ModelSpec) -> Any: ...
+
+
+@dataclass
+class Failure:
+    """Why the last load or run of a model ended badly."""
+
+    reason: str
+    exit_code: int | None
+    tail: list[str]
+
+
+@dataclass
+class Model:
+    """The scheduler's books on one model. Only the scheduler writes these."""
+
+    spec: ModelSpec
+    state: str = "unloaded"
+    handle: Handle | None = None
+    leases: int = 0
+    waiters: int = 0
+    keep: bool = False  # loaded on purpose (llmctl, startup): waiters leaving don't cancel it
+    last_used: float = -math.inf
+    loaded_at: float | None = None
+    failure: Failure | None = None
+    attempt: int = 0
+    error: tuple[int, LlmdError] | None = None  # (attempt, what its waiters get)
+    scope: trio.CancelScope | None = None
+    changed: trio.Event = field(default_factory=trio.Event)
+    lease_scopes: set[trio.CancelScope] = field(default_factory=set)
+    output: list[str] = field(default_factory=list)  # the last child's output, kept after it ends
+    need: dict[str, int] = field(default_factory=dict)  # MiB per device, estimated
+    need_source: str = ""
+    measured: dict[str, int] = field(default_factory=dict)  # MiB per device, once loaded
+    measured_at: float = -math.inf
+    activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
+
+    def holding(self) -> dict[str, int]:
+        """What this model holds per device in the books."""
+        return books.held(self.need, self.measured)
