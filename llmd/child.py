@@ -153,10 +153,14 @@ class Child:
         await self._reap()
 
 
-def spawn(name: str, argv: Sequence[str], *, log_lines: int) -> Child:
+def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = "") -> Child:
     """Start llama-server on a free loopback port in its own process group."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    if cache_dir:
+        # What llama-server downloads itself (an operator's -hf argument) lands in llmd's
+        # cache directory, the one place a hardened unit lets it write.
+        env.setdefault("LLAMA_CACHE", cache_dir)
     read_fd, write_fd = os.pipe()
     try:
         # Popen runs here, in the trio thread, on purpose: see _die_with_parent.
@@ -215,10 +219,11 @@ async def serve(
     load_timeout: float,
     stop_timeout: float,
     log_lines: int,
+    cache_dir: str = "",
 ) -> Exit:
     """Run one child: call `on_ready` once /health answers, return when it exits."""
     try:
-        child = spawn(name, argv, log_lines=log_lines)
+        child = spawn(name, argv, log_lines=log_lines, cache_dir=cache_dir)
     except OSError as exc:
         return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
     async with trio.open_nursery() as nursery:

@@ -43,6 +43,7 @@ class Config:
     control_group: str = "llmd"
     models_dir: str = "/var/lib/llmd/models"
     state_dir: str = ""  # empty: $STATE_DIRECTORY, /var/lib/llmd for root, else XDG state
+    cache_dir: str = ""  # empty: $CACHE_DIRECTORY, /var/cache/llmd for root, else XDG cache
     llama_server: str = ""
     args: tuple[str, ...] = ("--ctx-size", "4096")
     models_max: int = 4
@@ -70,6 +71,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "control_group": ((str,), str),
     "models_dir": ((str,), str),
     "state_dir": ((str,), str),
+    "cache_dir": ((str,), str),
     "llama_server": ((str,), str),
     "models_max": ((int,), int),
     "memory_margin_mib": ((int,), int),
@@ -223,6 +225,16 @@ def default_control_socket(env: Mapping[str, str]) -> str:
     return "/run/llmd/control.sock"
 
 
+def default_cache_dir(env: Mapping[str, str]) -> str:
+    """$CACHE_DIRECTORY under systemd, /var/cache/llmd for root, else the XDG cache dir."""
+    if env.get("CACHE_DIRECTORY"):
+        return env["CACHE_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/var/cache/llmd"
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME", "/tmp"), ".cache")
+    return os.path.join(base, "llmd")
+
+
 def default_state_dir(env: Mapping[str, str]) -> str:
     """$STATE_DIRECTORY under systemd, /var/lib/llmd for root, else the XDG state dir."""
     if env.get("STATE_DIRECTORY"):
@@ -271,6 +283,7 @@ def load(
         models_dir=os.path.abspath(config.models_dir),
         control_socket=os.path.abspath(config.control_socket or default_control_socket(env)),
         state_dir=config.state_dir or default_state_dir(env),
+        cache_dir=config.cache_dir or default_cache_dir(env),
     )
     if not Path(config.models_dir).is_dir():
         key = "--models-dir" if "models_dir" in given else "models_dir"

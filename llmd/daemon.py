@@ -134,7 +134,7 @@ def make_launcher(config: Config, client: httpx.AsyncClient) -> Launcher:
         return await child.serve(
             spec.name, [config.llama_server, *spec.child_args()], on_ready,
             client=client, load_timeout=config.load_timeout, stop_timeout=config.stop_timeout,
-            log_lines=config.log_lines)
+            log_lines=config.log_lines, cache_dir=config.cache_dir)
 
     return launch
 

@@ -34,6 +34,7 @@ args, _unknown = parser.parse_known_args()
 with open(args.model) as f:
     behaviour = json.load(f)
 print(f"fake llama-server: model {args.model} behaviour {behaviour}", flush=True)
+print(f"fake llama-server: LLAMA_CACHE={os.environ.get('LLAMA_CACHE', '')}", flush=True)
 if behaviour.get("exit_on_load") is not None:
     print("fake llama-server: failing to load on purpose", flush=True)
     sys.exit(int(behaviour["exit_on_load"]))

@@ -167,9 +167,10 @@ def test_llmd_with_a_bad_config_exits_with_one_line(tmp_path):
     assert result.stderr == f"llmd: {config}: models_max: expected int, got str\n"
 
 
-def test_llmctl_status_and_logs(fake_daemon):
-    d = fake_daemon({"a.gguf": fake()})
+def test_llmctl_status_and_logs(fake_daemon, tmp_path):
+    d = fake_daemon({"a.gguf": fake()}, cache_dir=str(tmp_path / "cache"))
     d.llmctl("load", "a")
+    assert f"LLAMA_CACHE={tmp_path / 'cache'}" in d.llmctl("logs", "a").stdout
     status = json.loads(d.llmctl("status", "--json").stdout)
     assert status["models"] == 1 and status["loaded"] == 1
     logs = d.llmctl("logs", "a").stdout

@@ -103,3 +103,20 @@ def test_llama_server_resolution_order(tmp_path):
     assert config.resolve_llama_server("", {"LLMD_LLAMA_SERVER": "/opt/y"}) == "/opt/y"
     assert config.resolve_llama_server("", {"PATH": str(tmp_path)}) == str(binary)
     assert config.resolve_llama_server("", {"PATH": ""}).endswith("llama-server")
+
+
+def test_directories_follow_systemd_then_root_or_xdg(tmp_path, monkeypatch):
+    path = write(tmp_path, "")
+    env = {"PATH": "", "STATE_DIRECTORY": "/s", "CACHE_DIRECTORY": "/c:/c2",
+           "RUNTIME_DIRECTORY": "/r"}
+    c = config.load(path, {}, env=env)
+    assert (c.state_dir, c.cache_dir, c.control_socket) == ("/s", "/c", "/r/control.sock")
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    user = config.load(path, {}, env={"PATH": "", "HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1000"})
+    assert user.state_dir == "/home/u/.local/state/llmd"
+    assert user.cache_dir == "/home/u/.cache/llmd"
+    assert user.control_socket == "/run/user/1000/llmd/control.sock"
+    monkeypatch.setattr(config.os, "geteuid", lambda: 0)
+    root = config.load(path, {}, env={"PATH": ""})
+    assert (root.state_dir, root.cache_dir, root.control_socket) == (
+        "/var/lib/llmd", "/var/cache/llmd", "/run/llmd/control.sock")
