@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
 import trio
 
-from . import __version__, catalog, config as config_mod, daemon, systemd
+from . import __version__, catalog, config as config_mod, daemon, download, systemd
 from .errors import ConfigError
 
 
@@ -63,7 +64,7 @@ def main(config_path: Path | None, listen: str | None, control_socket: str | Non
 
     def load() -> tuple[config_mod.Config, dict[str, catalog.ModelSpec]]:
         config = config_mod.load(config_path, overrides)
-        return config, catalog.build(config)
+        return config, catalog.build(config, partial(download.find_cached, Path(config.hub_cache)))
 
     try:
         config, specs = load()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable
 
+from . import download
 from .config import Config, ModelConfig
 from .errors import ConfigError
 
@@ -27,6 +29,7 @@ class ModelSpec:
     load_on_startup: bool = False
     priority: int = 0
     source: str = "models_dir"
+    hf: str = ""  # owner/repo[:QUANT] to download when `path` is not there yet
 
     def child_args(self) -> tuple[str, ...]:
         """Arguments for llama-server, without host and port."""
@@ -88,13 +91,18 @@ def scan_models_dir(models_dir: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-def _from_config(config: Config, model: ModelConfig) -> ModelSpec:
-    path = model.path
+def _from_config(config: Config, model: ModelConfig,
+                 cached: Callable[[str], tuple[str, str] | None]) -> ModelSpec:
+    path, mmproj = model.path, ""
     if path and not os.path.isabs(path):
         path = os.path.join(config.models_dir, path)
+    if model.hf:
+        path, mmproj = cached(model.hf) or ("", "")
     return ModelSpec(
         name=model.name,
         path=path,
+        mmproj=mmproj,
+        hf=model.hf,
         args=(*config.args, *model.args),
         aliases=model.aliases,
         tags=model.tags,
@@ -106,16 +114,22 @@ def _from_config(config: Config, model: ModelConfig) -> ModelSpec:
     )
 
 
-def build(config: Config) -> dict[str, ModelSpec]:
-    """Every model by name; raise ConfigError when an alias clashes with a name or alias."""
+def build(config: Config, cached: Callable[[str], tuple[str, str] | None] = lambda ref: None,
+          ) -> dict[str, ModelSpec]:
+    """Every model by name; raise ConfigError when an alias clashes with a name or alias.
+
+    `cached(hf_ref)` gives the (model, mmproj) files of a hub model already downloaded.
+    """
     specs: dict[str, ModelSpec] = {}
     for name, (path, mmproj) in scan_models_dir(config.models_dir).items():
         specs[name] = ModelSpec(name=name, path=path, mmproj=mmproj, args=config.args)
     for model in config.models:
         if model.hf:
-            # Hub sources come with the download issue; until then say so plainly.
-            raise ConfigError(config.source, f"models.{model.name}.hf", "hub models are not supported yet")
-        specs[model.name] = _from_config(config, model)
+            try:
+                download.parse_ref(model.hf)
+            except download.DownloadError as exc:
+                raise ConfigError(config.source, f"models.{model.name}.hf", str(exc))
+        specs[model.name] = _from_config(config, model, cached)
     owners: dict[str, str] = {}
     for spec in specs.values():
         for alias in spec.aliases:

@@ -62,6 +62,9 @@ class Config:
     allow_pull: bool = False
     offline: bool = False
     models: tuple[ModelConfig, ...] = field(default_factory=tuple)
+    # Resolved at start-up from the environment, not keys of the file:
+    hub_cache: str = field(default="", metadata={"from_env": True})
+    hf_token: str = field(default="", repr=False, metadata={"from_env": True})  # never logged
 
 
 # key -> (accepted types, converter); bool is checked before int because bool is an int.
@@ -225,6 +228,29 @@ def default_control_socket(env: Mapping[str, str]) -> str:
     return "/run/llmd/control.sock"
 
 
+def hub_cache(env: Mapping[str, str], cache_dir: str) -> Path:
+    """Where hub models live: $HF_HUB_CACHE, $HF_HOME/hub, XDG's huggingface/hub, or llmd's."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"])
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]) / "hub"
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "huggingface" / "hub"
+    return Path(cache_dir) / "huggingface" / "hub"
+
+
+def hf_token(env: Mapping[str, str]) -> str:
+    """$HF_TOKEN, else the token file huggingface_hub writes."""
+    if env.get("HF_TOKEN"):
+        return env["HF_TOKEN"]
+    home = Path(env["HF_HOME"]) if env.get("HF_HOME") else Path(
+        env.get("HOME", "/nonexistent")) / ".cache" / "huggingface"
+    try:
+        return (home / "token").read_text().strip()
+    except OSError:
+        return ""
+
+
 def default_cache_dir(env: Mapping[str, str]) -> str:
     """$CACHE_DIRECTORY under systemd, /var/cache/llmd for root, else the XDG cache dir."""
     if env.get("CACHE_DIRECTORY"):
@@ -284,7 +310,11 @@ def load(
         control_socket=os.path.abspath(config.control_socket or default_control_socket(env)),
         state_dir=config.state_dir or default_state_dir(env),
         cache_dir=config.cache_dir or default_cache_dir(env),
+        hf_endpoint=config.hf_endpoint or env.get("HF_ENDPOINT", ""),
+        offline=config.offline or env.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes"),
     )
+    config = dataclasses.replace(
+        config, hub_cache=str(hub_cache(env, config.cache_dir)), hf_token=hf_token(env))
     if not Path(config.models_dir).is_dir():
         key = "--models-dir" if "models_dir" in given else "models_dir"
         source = "command line" if "models_dir" in given else config.source

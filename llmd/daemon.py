@@ -11,6 +11,7 @@ import socket
 import stat
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
@@ -23,6 +24,7 @@ from .catalog import ModelSpec
 from .config import Config
 from .errors import ConfigError
 from .control import Control
+from .download import Hub
 from .estimate import Estimator
 from .memory import Devices
 from .metrics import Metrics
@@ -263,9 +265,11 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
     with _control_socket(config, activation) as control_sock, \
             _router_socket(config, activation) as router_sock:
         async with upstream_client() as client, fresh_client() as fresh:
+            hub = None if config.offline else Hub(client, config.hf_endpoint,
+                                                  Path(config.hub_cache), config.hf_token)
             scheduler = Scheduler(specs, make_launcher(config, client),
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
-                                  **memory_accounting(config))
+                                  hub=hub, **memory_accounting(config))
             router = Router(config, scheduler, Proxy(client, fresh), Metrics())
             control = Control(config, scheduler)
             reloader = Reloader(load, config, scheduler, [router, control])

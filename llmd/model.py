@@ -82,6 +82,7 @@ class Model:
     measured: dict[str, int] = field(default_factory=dict)  # MiB per device, once loaded
     measured_at: float = -math.inf
     activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
+    progress: Any = None  # download.Progress while (and after) downloading
 
     def holding(self) -> dict[str, int]:
         """What this model holds per device in the books."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
 from . import books, status
+from .download import DownloadError, Progress
 from .catalog import ModelSpec, names
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
 from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
@@ -16,10 +19,10 @@ from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 log = logging.getLogger("llmd.scheduler")
 
 # Internal states. On the wire "queued" reads as "loading" and "draining" as "loaded".
-UNLOADED, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
-    "unloaded", "estimating", "queued", "loading", "loaded", "draining")
+UNLOADED, DOWNLOADING, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
+    "unloaded", "downloading", "estimating", "queued", "loading", "loaded", "draining")
 _WIRE = {ESTIMATING: "loading", QUEUED: "loading", DRAINING: "loaded"}
-_STARTING = (ESTIMATING, QUEUED, LOADING)
+_STARTING = (DOWNLOADING, ESTIMATING, QUEUED, LOADING)
 _RUNNING = (LOADING, LOADED, DRAINING)  # admitted: these count against models_max and memory
 _MEASURE_EVERY = 2.0  # seconds between measurements of a child's real use
 
@@ -36,6 +39,7 @@ class Scheduler:
         drain_timeout: float = 600,
         devices: DeviceTable | None = None,
         estimator: NeedSource | None = None,
+        hub: Any = None,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
@@ -44,6 +48,7 @@ class Scheduler:
         self.drain_timeout = drain_timeout
         self.devices = devices  # None: count models only, no memory accounting
         self.estimator = estimator
+        self.hub = hub  # download.Hub, or None when offline
         self.loads = 0
         self.evictions = 0
         self._nursery: trio.Nursery | None = None
@@ -185,6 +190,8 @@ class Scheduler:
         assert model.scope is not None
         with model.scope as scope:
             try:
+                if model.spec.hf and not os.path.exists(model.spec.path):
+                    await self._download(model)
                 if self.devices is not None:
                     await self._estimate(model)
                     self._set(model, QUEUED)
@@ -234,6 +241,23 @@ class Scheduler:
         if self.devices is not None and model.handle is not None:
             model.measured = self.devices.process_use(model.handle.pid)
             model.measured_at = trio.current_time()
+
+    async def _download(self, model: Model) -> None:
+        """Fetch a hub model into the cache; its spec then points at the files."""
+        name = model.spec.name
+        if self.hub is None:
+            raise ModelFailed(name, f"{model.spec.hf} is not in the cache and llmd is offline")
+        self._set(model, DOWNLOADING)
+        model.progress = Progress()
+        log.info("%s: downloading %s", name, model.spec.hf)
+        try:
+            path, mmproj = await self.hub.fetch(model.spec.hf, model.progress)
+        except DownloadError as exc:
+            log.error("%s: download failed: %s", name, exc)
+            model.failure = Failure(f"download failed: {exc}", None, [])
+            raise ModelFailed(name, f"download failed: {exc}")
+        log.info("%s: downloaded to %s", name, path)
+        model.spec = dataclasses.replace(model.spec, path=path, mmproj=mmproj)
 
     async def _estimate(self, model: Model) -> None:
         assert self.estimator is not None

@@ -36,6 +36,10 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
         "leases": model.leases,
         "waiters": model.waiters,
         "pinned": spec.pin,
+        "hf": spec.hf or None,
+        "download": ({"done": model.progress.done, "total": model.progress.total,
+                      "rate": round(model.progress.rate(now))}
+                     if model.progress is not None else None),
         "memory": {"estimate_mib": model.need, "source": model.need_source,
                    "measured_mib": model.measured},
         "ttl": spec.ttl,

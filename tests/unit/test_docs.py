@@ -30,7 +30,7 @@ def test_every_config_key_is_documented():
     page = (MAN / "llmd.toml.5").read_text()
     for cls in (config.Config, config.ModelConfig):
         for f in dataclasses.fields(cls):
-            if f.name in ("source", "models", "name"):
+            if f.name in ("source", "models", "name") or f.metadata.get("from_env"):
                 continue
             assert f'.B "{f.name} = ' in page, f"llmd.toml(5) does not document {f.name}"
 

@@ -1,0 +1,102 @@
+"""Hub models: download into the HF cache layout, resume, verify, then load and serve.
+
+Starts: a fake hub on loopback (tests/fakes/fake_hub.py), llmd (subprocess), real
+llama-server children on generated GGUF models.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from tests.fakes import tiny_gguf
+from tests.fakes.fake_hub import COMMIT, FakeHub
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def hub():
+    h = FakeHub()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_gguf.write(tmp_path_factory.mktemp("tiny") / "tiny.gguf", layers=2, width=256)
+
+
+def hub_daemon(daemon, llama_server, hub, tmp_path, **config):
+    return daemon({"llama_server": llama_server, "args": ["--ctx-size", "512"],
+                   "hf_endpoint": hub.url, "cache_dir": str(tmp_path / "cache"),
+                   "models": {"t": {"hf": "acme/tiny-GGUF:Q4_K_M"}}, **config})
+
+
+def complete(d, model="t"):
+    return d.http.post("/completion", json={"model": model, "prompt": "hi", "n_predict": 2})
+
+
+def blob_dir(tmp_path):
+    return tmp_path / "cache" / "huggingface" / "hub" / "models--acme--tiny-GGUF" / "blobs"
+
+
+def test_download_then_load_then_complete(daemon, llama_server, hub, tiny, tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny, "tiny-Q8_0.gguf": b"other quant"})
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    assert d.models()["t"]["status"]["value"] == "unloaded"
+    assert complete(d).status_code == 200
+    base = tmp_path / "cache" / "huggingface" / "hub" / "models--acme--tiny-GGUF"
+    link = base / "snapshots" / COMMIT / "tiny-Q4_K_M.gguf"
+    assert link.is_symlink() and link.resolve().parent == base / "blobs"
+    assert (base / "refs" / "main").read_text() == COMMIT
+    assert [name for name, _ in hub.file_requests] == ["tiny-Q4_K_M.gguf"]
+    model = d.models()["t"]
+    assert model["download"]["done"] == model["download"]["total"] == tiny.stat().st_size
+
+
+def test_cut_connection_is_resumed_with_range(daemon, llama_server, hub, tiny, tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny}, cut_after={"tiny-Q4_K_M.gguf": 200_000})
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    assert complete(d).status_code == 200
+    assert hub.file_requests == [("tiny-Q4_K_M.gguf", None),
+                                 ("tiny-Q4_K_M.gguf", "bytes=200000-")]
+
+
+def test_sha256_mismatch_fails_the_model_and_leaves_no_partial_file(daemon, llama_server, hub,
+                                                                    tiny, tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny}, corrupt={"tiny-Q4_K_M.gguf"})
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    response = complete(d)
+    assert response.status_code == 503
+    assert "sha256 mismatch" in response.json()["error"]["message"]
+    status = d.models()["t"]["status"]
+    assert status["failed"] and "sha256 mismatch" in status["reason"]
+    assert os.listdir(blob_dir(tmp_path)) == []
+
+
+def test_concurrent_requests_share_one_download(daemon, llama_server, hub, tiny, tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny}, delay=0.01)
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(complete(d).status_code))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: d.models()["t"]["status"]["value"] in ("downloading", "loading",
+                                                               "loaded"), 10, "the download")
+    for t in threads:
+        t.join()
+    assert codes == [200] * 4
+    assert len(hub.file_requests) == 1
+
+
+def test_unknown_repo_and_offline_fail_clearly(daemon, llama_server, hub, tmp_path):
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    response = complete(d)
+    assert response.status_code == 503 and "hub has no model 'acme/tiny-GGUF'" in \
+        response.json()["error"]["message"]
+    offline = hub_daemon(daemon, llama_server, hub, tmp_path, offline=True)
+    message = complete(offline).json()["error"]["message"]
+    assert "not in the cache and llmd is offline" in message
