@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -145,6 +146,7 @@ class Hub:
         progress.started = trio.current_time()
         base = repo_dir(self.cache, resolved.repo)
         snapshot = base / "snapshots" / resolved.commit
+        check_space(base, files)
         for f in files:
             await self._fetch_file(resolved, f, base, snapshot, progress)
         (base / "refs").mkdir(parents=True, exist_ok=True)
@@ -194,12 +196,36 @@ class Hub:
             elif response.status_code != 206 or not have:
                 raise DownloadError(f"{f.name}: HTTP {response.status_code}")
             progress.done = before + have
-            async with await trio.open_file(part, "r+b" if have else "wb") as out:
-                await out.seek(have)
-                await out.truncate()
-                async for chunk in response.aiter_bytes():
-                    await out.write(chunk)
-                    progress.done += len(chunk)
+            try:
+                async with await trio.open_file(part, "r+b" if have else "wb") as out:
+                    await out.seek(have)
+                    await out.truncate()
+                    async for chunk in response.aiter_bytes():
+                        await out.write(chunk)
+                        progress.done += len(chunk)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    part.unlink(missing_ok=True)
+                    raise DownloadError(f"{f.name}: disk full in {part.parent}; "
+                                        "partial file removed") from None
+                raise
+
+
+def check_space(base: Path, files: list[HubFile]) -> None:
+    """Refuse a download that can't fit on the cache's filesystem before it starts."""
+    blobs = base / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    needed = 0
+    for f in files:
+        if (blobs / f.sha256).exists():
+            continue
+        part = blobs / (f.sha256 + ".incomplete")
+        needed += f.size - (part.stat().st_size if part.exists() else 0)
+    st = os.statvfs(blobs)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise DownloadError(f"disk full: {needed >> 20} MiB needed in {blobs}, "
+                            f"{free >> 20} MiB free")
 
 
 def _verify(part: Path, f: HubFile) -> None:

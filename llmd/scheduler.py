@@ -250,14 +250,29 @@ class Scheduler:
         self._set(model, DOWNLOADING)
         model.progress = Progress()
         log.info("%s: downloading %s", name, model.spec.hf)
-        try:
-            path, mmproj = await self.hub.fetch(model.spec.hf, model.progress)
-        except DownloadError as exc:
-            log.error("%s: download failed: %s", name, exc)
-            model.failure = Failure(f"download failed: {exc}", None, [])
-            raise ModelFailed(name, f"download failed: {exc}")
+        error: DownloadError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._report_progress, model)
+            try:
+                path, mmproj = await self.hub.fetch(model.spec.hf, model.progress)
+            except DownloadError as exc:  # caught here, not wrapped in an ExceptionGroup
+                error = exc
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            log.error("%s: download failed: %s", name, error)
+            model.failure = Failure(f"download failed: {error}", None, [])
+            raise ModelFailed(name, f"download failed: {error}")
         log.info("%s: downloaded to %s", name, path)
         model.spec = dataclasses.replace(model.spec, path=path, mmproj=mmproj)
+
+    async def _report_progress(self, model: Model) -> None:
+        """Publish download progress twice a second while the download runs."""
+        while True:
+            await trio.sleep(0.5)
+            p = model.progress
+            self._publish({"model": model.spec.name, "event": "download_progress",
+                           "data": {"done": p.done, "total": p.total,
+                                    "rate": round(p.rate(trio.current_time()))}})
 
     async def _estimate(self, model: Model) -> None:
         assert self.estimator is not None

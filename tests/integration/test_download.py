@@ -100,3 +100,32 @@ def test_unknown_repo_and_offline_fail_clearly(daemon, llama_server, hub, tmp_pa
     offline = hub_daemon(daemon, llama_server, hub, tmp_path, offline=True)
     message = complete(offline).json()["error"]["message"]
     assert "not in the cache and llmd is offline" in message
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(daemon, llama_server, hub, tiny, tmp_path):
+    import hashlib
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny})
+    data = tiny.read_bytes()
+    blobs = blob_dir(tmp_path)
+    blobs.mkdir(parents=True)
+    # What a daemon killed mid-download leaves behind.
+    (blobs / (hashlib.sha256(data).hexdigest() + ".incomplete")).write_bytes(data[:123_456])
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    assert complete(d).status_code == 200
+    assert hub.file_requests == [("tiny-Q4_K_M.gguf", "bytes=123456-")]
+
+
+def test_unload_cancels_a_download_and_lists_no_model_file(daemon, llama_server, hub, tiny,
+                                                           tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny}, delay=0.2)
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    codes = []
+    t = threading.Thread(target=lambda: codes.append(complete(d).status_code))
+    t.start()
+    wait_until(lambda: d.models()["t"]["status"]["value"] == "downloading", 10, "downloading")
+    events = d.llmctl("unload", "t")
+    assert events.returncode == 0
+    t.join()
+    assert codes == [503]
+    assert d.models()["t"]["status"]["value"] == "unloaded"
+    assert not [p for p in os.listdir(blob_dir(tmp_path)) if not p.endswith(".incomplete")]
