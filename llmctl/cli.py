@@ -169,3 +169,52 @@ def reload(ctx: click.Context, as_json: bool) -> None:
             if not any(result.get(k) for k in ("added", "removed", "changed")):
                 click.echo("reloaded: no model changed")
     _run(go)
+
+
+def _bar(done: int, total: int, rate: float, width: int = 30) -> str:
+    frac = done / total if total else 0.0
+    filled = int(frac * width)
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
+            f"{done / 2**20:,.0f}/{total / 2**20:,.0f} MiB {rate / 2**20:,.1f} MiB/s")
+
+
+@main.command()
+@click.argument("name")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the result.")
+@json_option
+@click.pass_context
+def pull(ctx: click.Context, name: str, quiet: bool, as_json: bool) -> None:
+    """Download a hub model (owner/repo:QUANT or a configured hf model) without loading it."""
+    def go() -> None:
+        show_bar = not quiet and not as_json and sys.stderr.isatty()
+        with _client(ctx) as c:
+            model: dict[str, Any] = {}
+            name_ = name
+            for event in c.events(then=("/pull", {"model": name, "wait": False})):
+                if event["event"] == "answer":
+                    model = event["data"]
+                    if model["status"]["value"] != "downloading":
+                        break
+                    name_ = model["id"]
+                    continue
+                if event.get("model") != name_:
+                    continue
+                if event["event"] == "download_progress":
+                    d = event["data"]
+                    if as_json:
+                        click.echo(json.dumps({"model": name_, **d}))
+                    elif show_bar:
+                        click.echo("\r" + _bar(d["done"], d["total"], d["rate"]), nl=False,
+                                   err=True)
+                elif event["event"] == "status_change" and event["data"]["value"] != "downloading":
+                    break
+            if show_bar:
+                click.echo("", err=True)
+            model = c.call("GET", "/status", params={"model": model.get("id", name)})
+        if model["status"].get("failed"):
+            raise DaemonError(503, f"{model['id']}: {model['status'].get('reason')}")
+        if as_json:
+            _print_json(model)
+        else:
+            click.echo(f"{model['id']}: on disk at {model.get('path')}")
+    _run(go)

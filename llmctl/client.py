@@ -78,11 +78,15 @@ class Client:
             raise DaemonError(response.status_code, message)
         return data
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """State-change events as they happen."""
+    def events(self, then: tuple[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+        """State-change events as they happen; `then` = (path, body) is POSTed once subscribed."""
         try:
             with self._http.stream("GET", "/events") as response:
-                for line in response.iter_lines():
+                lines = response.iter_lines()
+                next(lines, None)  # the stream's opening comment: we are subscribed
+                if then is not None:
+                    yield {"event": "answer", "data": self.call("POST", then[0], json=then[1])}
+                for line in lines:
                     if line.startswith("data: "):
                         yield json.loads(line[6:])
         except httpx.TransportError as exc:

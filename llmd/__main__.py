@@ -64,7 +64,9 @@ def main(config_path: Path | None, listen: str | None, control_socket: str | Non
 
     def load() -> tuple[config_mod.Config, dict[str, catalog.ModelSpec]]:
         config = config_mod.load(config_path, overrides)
-        return config, catalog.build(config, partial(download.find_cached, Path(config.hub_cache)))
+        cache = Path(config.hub_cache)
+        return config, catalog.build(config, partial(download.find_cached, cache),
+                                     download.scan_cache(cache))
 
     try:
         config, specs = load()

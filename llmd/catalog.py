@@ -96,13 +96,16 @@ def _from_config(config: Config, model: ModelConfig,
     path, mmproj = model.path, ""
     if path and not os.path.isabs(path):
         path = os.path.join(config.models_dir, path)
-    if model.hf:
-        path, mmproj = cached(model.hf) or ("", "")
+    hf = model.hf
+    if hf and model.file and ":" not in hf:
+        hf = f"{hf}:{model.file}"  # a file name picks exactly that file, as a quant would
+    if hf:
+        path, mmproj = cached(hf) or ("", "")
     return ModelSpec(
         name=model.name,
         path=path,
         mmproj=mmproj,
-        hf=model.hf,
+        hf=hf,
         args=(*config.args, *model.args),
         aliases=model.aliases,
         tags=model.tags,
@@ -115,12 +118,18 @@ def _from_config(config: Config, model: ModelConfig,
 
 
 def build(config: Config, cached: Callable[[str], tuple[str, str] | None] = lambda ref: None,
-          ) -> dict[str, ModelSpec]:
+          hub_models: dict[str, tuple[str, str]] | None = None) -> dict[str, ModelSpec]:
     """Every model by name; raise ConfigError when an alias clashes with a name or alias.
 
     `cached(hf_ref)` gives the (model, mmproj) files of a hub model already downloaded.
     """
     specs: dict[str, ModelSpec] = {}
+    configured = {m.hf for m in config.models if m.hf}
+    for name, (path, mmproj) in (hub_models or {}).items():
+        if name in configured:  # listed once, under its configured name
+            continue
+        specs[name] = ModelSpec(name=name, path=path, mmproj=mmproj, args=config.args, hf=name,
+                                source="cache")
     for name, (path, mmproj) in scan_models_dir(config.models_dir).items():
         specs[name] = ModelSpec(name=name, path=path, mmproj=mmproj, args=config.args)
     for model in config.models:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from . import asgi, peercred
 from .asgi import Receive, Scope, Send
 from .config import Config
-from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound
+from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
 from .scheduler import Scheduler
 
 log = logging.getLogger("llmd.control")
@@ -34,6 +34,9 @@ class Control:
             pass
         except LlmdError as error:
             await asgi.send_error(send, error)
+        except Exception:  # a bug: say so in the documented format, keep serving
+            log.exception("control request %s %s failed", scope["method"], scope["path"])
+            await asgi.send_error(send, ServerError("internal error; see llmd's log"))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
@@ -56,7 +59,7 @@ class Control:
                 return await asgi.send_json(send, 200, self.reload())
             except ConfigError as exc:
                 raise BadRequest(f"reload failed, the running configuration stays: {exc}")
-        elif method == "POST" and path in ("/load", "/unload"):
+        elif method == "POST" and path in ("/load", "/unload", "/pull"):
             body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20))
             name = body.get("model")
             if not isinstance(name, str) or not name:
@@ -65,6 +68,9 @@ class Control:
             if path == "/load":
                 model = await self._while_connected(
                     receive, send, self.scheduler.load(name, wait=wait))
+            elif path == "/pull":
+                model = await self._while_connected(
+                    receive, send, self.scheduler.pull(name, wait=wait))
             else:
                 force = body.get("force", False) is True
                 model = await self._while_connected(

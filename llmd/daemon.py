@@ -178,6 +178,7 @@ class Reloader:
                 log.warning("%s changed; it takes effect when llmd restarts", key)
         result = self.scheduler.update(specs, models_max=config.models_max,
                                        drain_timeout=config.drain_timeout)
+        self.scheduler.default_args, self.scheduler.allow_pull = config.args, config.allow_pull
         for app in self.apps:
             app.config = config
         self.config = config
@@ -269,7 +270,8 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                                   Path(config.hub_cache), config.hf_token)
             scheduler = Scheduler(specs, make_launcher(config, client),
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
-                                  hub=hub, **memory_accounting(config))
+                                  hub=hub, default_args=config.args,
+                                  allow_pull=config.allow_pull, **memory_accounting(config))
             router = Router(config, scheduler, Proxy(client, fresh), Metrics())
             control = Control(config, scheduler)
             reloader = Reloader(load, config, scheduler, [router, control])

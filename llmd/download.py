@@ -107,6 +107,37 @@ def find_cached(cache: Path, ref: str) -> tuple[str, str] | None:
     return str(snapshot / model[0].name), str(snapshot / mmproj.name) if mmproj else ""
 
 
+_QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q\d_K_[SMLX]L?|I?Q\d_K|IQ\d_[A-Z]+|Q\d_\d|TQ\d_\d|"
+                    r"MXFP4|BF16|F16|F32)(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def scan_cache(cache: Path) -> dict[str, tuple[str, str]]:
+    """Hub models already in the cache, named `owner/repo:QUANT` as llama.cpp names them."""
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        repos = sorted(p for p in cache.iterdir() if p.name.startswith("models--"))
+    except OSError:
+        return found
+    for base in repos:
+        parts = base.name.split("--")
+        if len(parts) != 3:
+            continue
+        repo = f"{parts[1]}/{parts[2]}"
+        try:
+            snapshot = base / "snapshots" / (base / "refs" / "main").read_text().strip()
+            names = [str(p.relative_to(snapshot)) for p in snapshot.rglob("*.gguf")]
+        except (OSError, ValueError):
+            continue
+        for name in sorted(names):
+            m = _QUANT.search(Path(name).name)
+            if m and "mmproj" not in name.lower() and not re.search(r"-0000[2-9]-of-", name):
+                ref = f"{repo}:{m.group(1).upper()}"
+                cached = find_cached(cache, ref)
+                if cached:
+                    found.setdefault(ref, cached)
+    return found
+
+
 class Hub:
     """A hub's API and files, fetched with resume and verified by sha256."""
 
@@ -116,6 +147,10 @@ class Hub:
         self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.cache = cache
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
+
+    def cached(self, ref: str) -> tuple[str, str] | None:
+        """(model path, mmproj path) of `ref` if it is already in the cache."""
+        return find_cached(self.cache, ref)
 
     async def resolve(self, ref: str) -> Resolved:
         """Ask the hub which files `owner/repo:QUANT` is, at the current commit of main."""

@@ -83,6 +83,8 @@ class Model:
     measured_at: float = -math.inf
     activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
     progress: Any = None  # download.Progress while (and after) downloading
+    pull_only: bool = False  # this attempt downloads and stops (llmctl pull)
+    pulled: int = 0  # the attempt whose pull completed
 
     def holding(self) -> dict[str, int]:
         """What this model holds per device in the books."""

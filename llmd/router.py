@@ -66,6 +66,11 @@ class Router:
             if status["code"]:
                 raise  # the response already started; nothing clean left to say
             await asgi.send_error(tracked_send, error)
+        except Exception:  # a bug: say so in the documented format, keep serving
+            log.exception("request %s %s failed", scope["method"], scope["path"])
+            if status["code"]:
+                raise
+            await asgi.send_error(tracked_send, ServerError("internal error; see llmd's log"))
         finally:
             # Label values are bounded to known models and routes, whatever clients send.
             model = status["model"] if status["model"] in self.scheduler.models else ""

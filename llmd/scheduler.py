@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from . import books, status
-from .download import DownloadError, Progress
+from .download import DownloadError, Progress, parse_ref
 from .catalog import ModelSpec, names
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
 from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
@@ -40,6 +40,8 @@ class Scheduler:
         devices: DeviceTable | None = None,
         estimator: NeedSource | None = None,
         hub: Any = None,
+        default_args: tuple[str, ...] = (),
+        allow_pull: bool = False,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
@@ -49,6 +51,8 @@ class Scheduler:
         self.devices = devices  # None: count models only, no memory accounting
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
+        self.default_args = default_args  # for hub models named in a request or llmctl
+        self.allow_pull = allow_pull  # may router requests name hub models not configured?
         self.loads = 0
         self.evictions = 0
         self._nursery: trio.Nursery | None = None
@@ -68,19 +72,31 @@ class Scheduler:
 
     # ---- lookups --------------------------------------------------------------
 
-    def resolve(self, name: str, *, status: int = 404) -> Model:
-        """The model a name or alias refers to; ModelNotFound with `status` otherwise."""
+    def resolve(self, name: str, *, status: int = 404, pull: bool = False) -> Model:
+        """The model a name or alias refers to; with `pull`, an owner/repo:QUANT becomes one."""
         canonical = self._names.get(name)
-        if canonical is None:
-            raise ModelNotFound(name, status=status)
-        return self.models[canonical]
+        if canonical is not None:
+            return self.models[canonical]
+        if pull and self.hub is not None:
+            try:
+                parse_ref(name)
+            except DownloadError:
+                raise ModelNotFound(name, status=status) from None
+            cached = self.hub.cached(name) or ("", "")
+            spec = ModelSpec(name=name, path=cached[0], mmproj=cached[1], hf=name,
+                             args=self.default_args, source="pull")
+            self.models[name] = Model(spec)
+            self._names[name] = name
+            log.info("%s: added as a hub model", name)
+            return self.models[name]
+        raise ModelNotFound(name, status=status)
 
     # ---- leases ---------------------------------------------------------------
 
     @asynccontextmanager
     async def lease(self, name: str, *, autoload: bool = True) -> AsyncIterator[Handle]:
         """Hold a ready model for one request; it can't be evicted until the block exits."""
-        model = self.resolve(name, status=400)
+        model = self.resolve(name, status=400, pull=self.allow_pull)
         await self._until_loaded(model, autoload=autoload)
         assert model.handle is not None
         model.leases += 1
@@ -108,7 +124,9 @@ class Scheduler:
         try:
             while model.state != LOADED:
                 if model.state == UNLOADED:
-                    if attempt is not None:
+                    if attempt is not None and model.pulled == attempt:
+                        attempt = None  # that was a pull (download only): now load it
+                    elif attempt is not None:
                         raise self._outcome(model, attempt)
                     if not autoload:
                         raise ModelNotLoaded(model.spec.name)
@@ -134,12 +152,30 @@ class Scheduler:
 
     async def load(self, name: str, *, wait: bool = True) -> Model:
         """Load a model on purpose (not cancelled when requests leave); wait until loaded."""
-        model = self.resolve(name)
+        model = self.resolve(name, pull=True)
         model.keep = True
         if model.state == UNLOADED:
             self._start(model, keep=True)
         if wait:
             await self._until_loaded(model, autoload=True, keep=True)
+        return model
+
+    async def pull(self, name: str, *, wait: bool = True) -> Model:
+        """Download a hub model without loading it; return at once if it is on disk."""
+        model = self.resolve(name, pull=True)
+        if not model.spec.hf or os.path.exists(model.spec.path):
+            return model
+        if model.state == UNLOADED:
+            model.pull_only = True
+            attempt = self._start(model, keep=True)
+        elif model.state == DOWNLOADING:
+            attempt = model.attempt  # a second pull joins the first
+        else:
+            return model
+        while wait and model.state != UNLOADED:
+            await model.changed.wait()
+        if wait and model.pulled != attempt:
+            raise self._outcome(model, attempt)
         return model
 
     async def unload(self, name: str, *, force: bool = False, wait: bool = True) -> Model:
@@ -181,46 +217,58 @@ class Scheduler:
         model.error = None
         # Created here, entered by _supervise: an unload before it runs still cancels it.
         model.scope = trio.CancelScope()
-        self._set(model, ESTIMATING if self.devices is not None else QUEUED)
+        if model.spec.hf and not os.path.exists(model.spec.path):
+            first = DOWNLOADING
+        else:
+            first = ESTIMATING if self.devices is not None else QUEUED
+        self._set(model, first)
         self._nursery_start(self._supervise, model, model.attempt)
         return model.attempt
 
     async def _supervise(self, model: Model, attempt: int) -> None:
-        name = model.spec.name
         assert model.scope is not None
         with model.scope as scope:
             try:
                 if model.spec.hf and not os.path.exists(model.spec.path):
                     await self._download(model)
-                if self.devices is not None:
-                    await self._estimate(model)
-                    self._set(model, QUEUED)
-                await self._admit(model)
-                self._set(model, LOADING)
-                self.loads += 1
-                log.info("%s: loading", name)
-                result = await self._launcher(model.spec, lambda h: self._ready(model, h))
-                if result.ready:
-                    log.warning("%s: %s", name, result.reason)
+                if model.pull_only:
+                    model.pulled = attempt
                 else:
-                    log.error("%s: failed to load: %s", name, result.reason)
-                    model.error = (attempt, ModelFailed(name, result.reason))
-                if not result.ready or result.code not in (0, None):
-                    model.failure = Failure(result.reason, result.code, result.tail)
-                model.output = result.tail
+                    await self._run_child(model, attempt)
             except LlmdError as exc:
                 model.error = (attempt, exc)
             finally:
                 if model.handle is not None:
                     model.output = model.handle.tail(1 << 20)
         model.scope = None
+        model.pull_only = False
         model.handle = None
         model.measured = {}
         model.loaded_at = None
         model.keep = False
         if scope.cancelled_caught:
-            log.info("%s: unloaded", name)
+            log.info("%s: unloaded", model.spec.name)
         self._set(model, UNLOADED)
+
+    async def _run_child(self, model: Model, attempt: int) -> None:
+        """Estimate, get admitted, run the child until it exits; record how it ended."""
+        name = model.spec.name
+        if self.devices is not None:
+            await self._estimate(model)
+            self._set(model, QUEUED)
+        await self._admit(model)
+        self._set(model, LOADING)
+        self.loads += 1
+        log.info("%s: loading", name)
+        result = await self._launcher(model.spec, lambda h: self._ready(model, h))
+        if result.ready:
+            log.warning("%s: %s", name, result.reason)
+        else:
+            log.error("%s: failed to load: %s", name, result.reason)
+            model.error = (attempt, ModelFailed(name, result.reason))
+        if not result.ready or result.code not in (0, None):
+            model.failure = Failure(result.reason, result.code, result.tail)
+        model.output = result.tail
 
     def _ready(self, model: Model, handle: Handle) -> None:
         model.handle = handle
@@ -247,7 +295,6 @@ class Scheduler:
         name = model.spec.name
         if self.hub is None:
             raise ModelFailed(name, f"{model.spec.hf} is not in the cache and llmd is offline")
-        self._set(model, DOWNLOADING)
         model.progress = Progress()
         log.info("%s: downloading %s", name, model.spec.hf)
         error: DownloadError | None = None
@@ -364,10 +411,13 @@ class Scheduler:
                 changed.append(name)
                 if restart:
                     self._nursery_start(self._restart_when_idle, model)
-        for name in [n for n in self.models if n not in specs]:
+        for name in [n for n in self.models
+                     if n not in specs and self.models[n].spec.source != "pull"]:
             removed.append(name)
             self._nursery_start(self._retire, self.models[name])
-        self._names = names(specs)  # retired models can no longer be named by new requests
+        # Retired models can no longer be named by new requests; pulled ones stay.
+        self._names = names(specs) | {n: n for n, m in self.models.items()
+                                      if m.spec.source == "pull"}
         self._publish({"model": "*", "event": "models_reload",
                        "data": {"added": added, "removed": removed, "changed": changed}})
         return {"added": added, "removed": removed, "changed": changed}

@@ -6,7 +6,9 @@ llama-server children on generated GGUF models.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 import threading
 
 import pytest
@@ -129,3 +131,42 @@ def test_unload_cancels_a_download_and_lists_no_model_file(daemon, llama_server,
     assert codes == [503]
     assert d.models()["t"]["status"]["value"] == "unloaded"
     assert not [p for p in os.listdir(blob_dir(tmp_path)) if not p.endswith(".incomplete")]
+
+
+def test_llmctl_pull_downloads_without_loading_and_the_cache_is_listed_next_time(
+        daemon, llama_server, hub, tiny, tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny})
+    config = {"llama_server": llama_server, "args": ["--ctx-size", "512"],
+              "hf_endpoint": hub.url, "cache_dir": str(tmp_path / "cache")}
+    d = daemon(config)
+    result = d.llmctl("pull", "acme/tiny-GGUF:Q4_K_M", "--json")
+    start = result.stdout.index("{\n")  # progress lines (one JSON object each), then the model
+    progress = [json.loads(line) for line in result.stdout[:start].splitlines()]
+    final = json.loads(result.stdout[start:])
+    assert final["id"] == "acme/tiny-GGUF:Q4_K_M" and final["status"]["value"] == "unloaded"
+    assert Path(final["path"]).exists()
+    assert all(p["model"] == final["id"] and p["total"] == tiny.stat().st_size for p in progress)
+    assert d.llmctl("pull", "acme/tiny-GGUF:Q4_K_M").stdout.startswith(
+        "acme/tiny-GGUF:Q4_K_M: on disk at ")
+    assert len(hub.file_requests) == 1
+    assert complete(d, "acme/tiny-GGUF:Q4_K_M").status_code == 200
+    d.stop()
+    again = daemon(config)  # a fresh daemon lists the cached model without downloading
+    listed = again.models()["acme/tiny-GGUF:Q4_K_M"]
+    assert listed["source"] == "cache" and listed["status"]["value"] == "unloaded"
+    assert complete(again, "acme/tiny-GGUF:Q4_K_M").status_code == 200
+    assert len(hub.file_requests) == 1
+
+
+def test_router_may_name_hub_models_only_with_allow_pull(daemon, llama_server, hub, tiny,
+                                                         tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny})
+    config = {"llama_server": llama_server, "args": ["--ctx-size", "512"],
+              "hf_endpoint": hub.url, "cache_dir": str(tmp_path / "cache")}
+    closed = daemon(config)
+    response = complete(closed, "acme/tiny-GGUF:Q4_K_M")
+    assert response.status_code == 400 and "not found" in response.json()["error"]["message"]
+    assert hub.file_requests == []
+    open_ = daemon({**config, "allow_pull": True})
+    assert complete(open_, "acme/tiny-GGUF:Q4_K_M").status_code == 200
+    assert complete(open_, "../../etc/passwd").status_code == 400
