@@ -37,6 +37,9 @@ def ago(timestamp: float | None) -> str:
 def state(model: dict[str, Any]) -> str:
     """The state column: llmd's own state, with a failure mark."""
     text = model.get("state") or model["status"]["value"]
+    download = model.get("download")
+    if text == "downloading" and download and download.get("total"):
+        text += f" {100 * download['done'] // download['total']}%"
     if model["status"].get("failed"):
         text += f" (failed, exit {model['status'].get('exit_code')})"
     return text

@@ -65,8 +65,10 @@ def main(config_path: Path | None, listen: str | None, control_socket: str | Non
     def load() -> tuple[config_mod.Config, dict[str, catalog.ModelSpec]]:
         config = config_mod.load(config_path, overrides)
         cache = Path(config.hub_cache)
-        return config, catalog.build(config, partial(download.find_cached, cache),
-                                     download.scan_cache(cache))
+        listed = download.scan_cache(cache)
+        if os.environ.get("LLAMA_CACHE"):  # llama.cpp's own downloads, same layout
+            listed = {**download.scan_cache(Path(os.environ["LLAMA_CACHE"])), **listed}
+        return config, catalog.build(config, partial(download.find_cached, cache), listed)
 
     try:
         config, specs = load()

@@ -170,3 +170,32 @@ def test_router_may_name_hub_models_only_with_allow_pull(daemon, llama_server, h
     open_ = daemon({**config, "allow_pull": True})
     assert complete(open_, "acme/tiny-GGUF:Q4_K_M").status_code == 200
     assert complete(open_, "../../etc/passwd").status_code == 400
+
+
+def test_second_pull_joins_the_first_and_ps_shows_progress(daemon, llama_server, hub, tiny,
+                                                           tmp_path):
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny}, delay=0.05)
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    results = []
+    pulls = [threading.Thread(target=lambda: results.append(d.llmctl("pull", "t", "-q")))
+             for _ in range(2)]
+    for t in pulls:
+        t.start()
+    wait_until(lambda: (d.models()["t"]["download"] or {}).get("done"), 20, "progress")
+    assert "downloading" in d.llmctl("ps").stdout and "%" in d.llmctl("ps").stdout
+    for t in pulls:
+        t.join()
+    assert [r.returncode for r in results] == [0, 0]
+    assert len(hub.file_requests) == 1
+    assert d.models()["t"]["status"]["value"] == "unloaded"
+
+
+def test_last_waiting_client_leaving_cancels_a_router_download(daemon, llama_server, hub, tiny,
+                                                               tmp_path):
+    import httpx
+    hub.add("acme/tiny-GGUF", {"tiny-Q4_K_M.gguf": tiny}, delay=0.2)
+    d = hub_daemon(daemon, llama_server, hub, tmp_path)
+    with pytest.raises(httpx.ReadTimeout):
+        d.http.post("/completion", json={"model": "t", "prompt": "hi"}, timeout=1.5)
+    wait_until(lambda: d.models()["t"]["status"]["value"] == "unloaded", 10, "the cancel")
+    assert not [p for p in os.listdir(blob_dir(tmp_path)) if not p.endswith(".incomplete")]
