@@ -52,3 +52,39 @@ def test_cached_model_is_found_at_refs_main(tmp_path):
     (base / "refs" / "main").write_text("abc")
     assert download.find_cached(tmp_path, "acme/m-GGUF:Q4_K_M") == (str(snap / "m-Q4_K_M.gguf"), "")
     assert download.find_cached(tmp_path, "acme/m-GGUF:Q8_0") is None
+
+
+async def test_disk_full_midway_removes_the_partial_file_and_says_so(tmp_path, monkeypatch):
+    import errno
+    import hashlib
+
+    import httpx
+    import trio
+
+    data = b"x" * 300_000
+    sha = hashlib.sha256(data).hexdigest()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "/api/models/" in request.url.path:
+            return httpx.Response(200, json={"sha": "c0ffee", "siblings": [
+                {"rfilename": "m-Q4_K_M.gguf", "size": len(data),
+                 "lfs": {"sha256": sha, "size": len(data)}}]})
+        return httpx.Response(200, content=data)
+
+    real_open = trio.open_file
+
+    async def full_disk_open(path, mode="r", *args, **kwargs):
+        f = await real_open(path, mode, *args, **kwargs)
+
+        async def write(chunk):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(trio, "open_file", full_disk_open)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        hub = download.Hub(client, "http://hub.test", tmp_path)
+        with pytest.raises(DownloadError, match="disk full"):
+            await hub.fetch("acme/m-GGUF:Q4_K_M", download.Progress())
+    assert list((download.repo_dir(tmp_path, "acme/m-GGUF") / "blobs").iterdir()) == []
