@@ -49,6 +49,8 @@ def test_download_then_load_then_complete(daemon, llama_server, hub, tiny, tmp_p
     d = hub_daemon(daemon, llama_server, hub, tmp_path)
     assert d.models()["t"]["status"]["value"] == "unloaded"
     assert complete(d).status_code == 200
+    chat = d.chat("t", max_tokens=4)
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
     base = tmp_path / "cache" / "huggingface" / "hub" / "models--acme--tiny-GGUF"
     link = base / "snapshots" / COMMIT / "tiny-Q4_K_M.gguf"
     assert link.is_symlink() and link.resolve().parent == base / "blobs"
