@@ -84,6 +84,7 @@ class Model:
     activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
     progress: Any = None  # download.Progress while (and after) downloading
     pull_only: bool = False  # this attempt downloads and stops (llmctl pull)
+    evicting: bool = False  # draining because a queued load needs its room (not an unload)
     pulled: int = 0  # the attempt whose pull completed
 
     def holding(self) -> dict[str, int]:

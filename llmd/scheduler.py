@@ -183,6 +183,7 @@ class Scheduler:
         return await self._unload(self.resolve(name), force=force, wait=wait)
 
     async def _unload(self, model: Model, *, force: bool = False, wait: bool = True) -> Model:
+        model.evicting = False  # an unload asked for stays asked for
         if model.state == UNLOADED:
             return model
         if model.state == LOADED:
@@ -195,9 +196,11 @@ class Scheduler:
                 self._nursery_start(self._stop_when_drained, model)
             else:
                 model.scope.cancel()
-        if wait:
-            while model.state != UNLOADED:
-                await model.changed.wait()
+        # Wait for this run to end, not for the state to read "unloaded": requests queued
+        # for the model may start its next load before this task runs again.
+        attempt = model.attempt
+        while wait and model.state != UNLOADED and model.attempt == attempt:
+            await model.changed.wait()
         return model
 
     async def _stop_when_drained(self, model: Model) -> None:
@@ -346,20 +349,39 @@ class Scheduler:
     async def _admit(self, model: Model) -> None:
         """Wait our FIFO turn, then evict idle models until the count and memory allow it."""
         async with self._admission:
-            with trio.move_on_after(self.drain_timeout):
-                while True:
-                    short = self._short_devices(model)
-                    over = bool(self.models_max) and self._running_count(model) >= self.models_max
-                    if not short and not over:
-                        return
-                    victim = self._victim(model, short if not over else [])
-                    if victim is not None:
-                        log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
-                                 f"memory on {', '.join(short)}" if short else "models_max")
-                        self.evictions += 1
-                        await self._unload(victim)
-                    else:
+            marked: list[Model] = []
+            try:
+                with trio.move_on_after(self.drain_timeout):
+                    while True:
+                        short = self._short_devices(model)
+                        over = (bool(self.models_max)
+                                and self._running_count(model) >= self.models_max)
+                        if not short and not over:
+                            return
+                        victim = self._victim(model, short if not over else [])
+                        if victim is not None:
+                            log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
+                                     f"memory on {', '.join(short)}" if short else "models_max")
+                            self.evictions += 1
+                            await self._unload(victim)
+                            continue
+                        busy = self._victim(model, short if not over else [], busy=True)
+                        if busy is not None:
+                            # First come, first served: requests for the busy model that
+                            # arrive from now on queue behind this load instead of keeping
+                            # it busy for ever; the ones in flight finish undisturbed.
+                            log.info("%s: waiting for %s to finish its requests, then "
+                                     "evicting it", model.spec.name, busy.spec.name)
+                            busy.evicting = True
+                            marked.append(busy)
+                            self._set(busy, DRAINING)
+                            self._nursery_start(self._stop_when_drained, busy)
                         await self._released.wait()
+            finally:
+                for m in marked:  # room found elsewhere, or we gave up: it serves again
+                    if m.evicting and m.state == DRAINING:
+                        m.evicting = False
+                        self._set(m, LOADED)
             raise NoRoom(
                 f"no room to load '{model.spec.name}': every model that would have to be "
                 f"unloaded stayed busy for drain_timeout ({self.drain_timeout:g}s)")
@@ -385,11 +407,14 @@ class Scheduler:
     def _running_count(self, model: Model) -> int:
         return sum(1 for m in self.models.values() if m is not model and m.state in _RUNNING)
 
-    def _victim(self, model: Model, short: list[str]) -> Model | None:
-        """The idle model to evict: lowest priority, then least recently used."""
+    def _victim(self, model: Model, short: list[str], busy: bool = False) -> Model | None:
+        """The model to evict (idle, or with `busy` in use): lowest priority, then LRU.
+
+        A model that requests are waiting for is never one: it was loaded for them.
+        """
         idle = [m for m in self.models.values()
-                if m is not model and m.state == LOADED and m.leases == 0 and m.waiters == 0
-                and not m.spec.pin
+                if m is not model and m.state == LOADED and (busy or m.leases == 0)
+                and m.waiters == 0 and not m.spec.pin
                 and (not short or any(m.holding().get(d) for d in short))]
         return min(idle, key=lambda m: (m.spec.priority, m.last_used), default=None)
 
@@ -441,6 +466,10 @@ class Scheduler:
         model.state = state
         model.changed.set()
         model.changed = trio.Event()
+        if state == UNLOADED:  # room freed: wake a load waiting for it
+            model.evicting = False
+            self._released.set()
+            self._released = trio.Event()
         self._publish({"model": model.spec.name, "event": "status_change",
                        "data": self.describe(model)["status"]})
 

@@ -32,6 +32,7 @@ class Behaviour:
     load_seconds: float = 1.0
     fail_code: int | None = None  # exit with this code while loading
     hang: bool = False
+    stop_seconds: float = 0.0  # how long the child takes to exit once told to stop
 
 
 class FakeLauncher:
@@ -63,6 +64,8 @@ class FakeLauncher:
                         handle.tail(), True)
         except trio.Cancelled:
             self.cancelled.append(spec.name)
+            with trio.CancelScope(shield=True):
+                await trio.sleep(b.stop_seconds)
             raise
         finally:
             self.running.pop(spec.name, None)

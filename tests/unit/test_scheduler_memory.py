@@ -172,3 +172,49 @@ async def test_load_on_startup_models_load_when_the_scheduler_starts(autojump_cl
         await trio.sleep(5)
         assert s.models["boot"].state == "loaded" and s.models["lazy"].state == "unloaded"
         assert s.models["boot"].keep
+
+
+async def test_sustained_traffic_on_one_model_does_not_starve_a_load_of_another(autojump_clock):
+    # models_max=1, three clients per model, each sending requests back to back: without
+    # first-come-first-served admission the busy model never idles and the other waits
+    # for drain_timeout; with it every request is served well before that.
+    launcher = FakeLauncher()
+    s = Scheduler(models("left", "right"), launcher, models_max=1, drain_timeout=600)
+    results: list = []
+
+    async def client(name: str) -> None:
+        for _ in range(10):
+            await use(s, name, 0.1, results)
+
+    async with running(s):
+        start = trio.current_time()
+        async with trio.open_nursery() as n:
+            for name in ("left", "right") * 3:
+                n.start_soon(client, name)
+        elapsed = trio.current_time() - start
+    assert len(results) == 60 and all(isinstance(r, int) for _, r in results)
+    assert elapsed < 100  # far from the 600 s drain_timeout
+    assert len(launcher.launches) < 60
+
+
+async def test_eviction_does_not_wait_on_a_victim_that_requests_already_restarted(
+        autojump_clock):
+    # left's load evicts idle right; a request for right arrives while right is stopping
+    # and starts right's next load at once. left's admission must see that right's run
+    # ended, not wait for right to read "unloaded" (which would deadlock on the FIFO lock).
+    from tests.fakes.launcher import Behaviour
+    launcher = FakeLauncher()
+    launcher.behaviour["right"] = Behaviour(stop_seconds=5)
+    s = Scheduler(models("left", "right"), launcher, models_max=1, drain_timeout=600)
+    results: list = []
+    async with running(s) as n:
+        await use(s, "right")
+        n.start_soon(use, s, "left", 0.1, results)
+        await trio.sleep(1)
+        assert s.models["right"].state == "draining"
+        n.start_soon(use, s, "right", 0.1, results)
+        with trio.fail_after(60):
+            while len(results) < 2:
+                await trio.sleep(1)
+    assert sorted(name for name, _ in results) == ["left", "right"]
+    assert all(isinstance(r, int) for _, r in results)
