@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import tomli_w
@@ -226,8 +227,102 @@ def main() -> None:
     finally:
         for t in targets:
             t.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    for name, values in swap_storm(server, tmp).items():
+        for key, v in values.items():
+            results[name].setdefault(key, []).extend(v)
+    results["llmd"]["activated_start"] = activated_start(tmp, models)
+    shutil.rmtree(tmp, ignore_errors=True)
     report(results)
+
+
+def swap_storm(server: str, tmp: Path) -> dict[str, dict[str, list[float]]]:
+    """Scenario 5: models_max=1, two models, 3 clients per model, 60 requests in all."""
+    from tests.fakes import tiny_gguf
+
+    models = tmp / "swap"
+    models.mkdir()
+    for name in ("left", "right"):
+        tiny_gguf.write(models / f"{name}.gguf", layers=2, width=256, seed=len(name))
+    out: dict[str, dict[str, list[float]]] = {}
+    for target in (start_router(server, models, 1), start_llmd(server, models, tmp, 1)):
+        loads = _count_loads(target)
+        failures = []
+        start = time.perf_counter()
+
+        def client(model: str) -> None:
+            with httpx.Client(base_url=target.url, timeout=60) as c:
+                for _ in range(10):
+                    try:
+                        r = c.post("/completion", json={"model": model, "prompt": "hi",
+                                                        "n_predict": 4})
+                        if r.status_code != 200:
+                            failures.append(r.status_code)
+                    except httpx.HTTPError as exc:  # a timeout counts as a failure
+                        failures.append(repr(exc))
+
+        threads = [threading.Thread(target=client, args=(m,))
+                   for m in ("left", "right") * 3]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        elapsed = time.perf_counter() - start
+        out[target.name] = {"swap_time": [elapsed], "swap_loads": [float(loads())],
+                            "swap_failed": [float(len(failures))]}
+        target.stop()
+    return out
+
+
+def _count_loads(t: Target) -> Callable[[], int]:
+    """Count model loads: llmd from its metrics, the router from /models/sse."""
+    if t.name == "llmd":
+        base = _metric(t, "llmd_loads_total")
+        return lambda: _metric(t, "llmd_loads_total") - base
+    seen: list[str] = []
+
+    def follow() -> None:
+        try:
+            with httpx.Client(base_url=t.url, timeout=None) as c:
+                with c.stream("GET", "/models/sse") as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data: ") and '"loading"' in line:
+                            seen.append(line)
+        except httpx.HTTPError:
+            pass
+
+    threading.Thread(target=follow, daemon=True).start()
+    time.sleep(0.5)
+    return lambda: len(seen)
+
+
+def _metric(t: Target, name: str) -> int:
+    for line in t.http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def activated_start(tmp: Path, models: Path) -> list[float]:
+    """Scenario 6: socket-activated llmd, from the first connection to the first answer."""
+    tool = shutil.which("systemd-socket-activate")
+    if not tool:
+        return []
+    times = []
+    for _ in range(3):
+        port = free_port()
+        config = tmp / f"act-{port}.toml"
+        config.write_text(tomli_w.dumps({"control_socket": str(tmp / f"act-{port}.sock"),
+                                         "models_dir": str(models), "memory_margin_mib": 0}))
+        proc = subprocess.Popen([tool, "-l", f"127.0.0.1:{port}", "--fdname=http",
+                                 sys.executable, "-m", "llmd", "--config", str(config),
+                                 "--log-level", "warning"], stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        start = time.perf_counter()
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).raise_for_status()
+        times.append(time.perf_counter() - start)
+        proc.terminate()
+        proc.wait(30)
+    return times
 
 
 def _router_unload(t: Target) -> None:
@@ -255,6 +350,10 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
             ("3. completions, 32 clients: requests/s", "complete32_rps", 0.5, 1),
             ("3. completions, 32 clients: p99 (ms)", "complete32_latency", 0.99, 1000),
             ("4. cold start to first token (ms)", "cold_start", 0.5, 1000),
+            ("5. swap storm (models_max=1, 2 models, 60 requests): seconds", "swap_time", 0.5, 1),
+            ("5. swap storm: model loads", "swap_loads", 0.5, 1),
+            ("5. swap storm: failed requests", "swap_failed", 0.5, 1),
+            ("6. socket-activated start to first answer p50 (ms)", "activated_start", 0.5, 1000),
             ("6. llmctl ps wall time p50 (ms)", "llmctl_ps", 0.5, 1000),
             ("requests the server dropped unanswered (client retried)", "dropped", 0.5, 1)]
     lines = [f"# llmd side by side ({datetime.date.today()})", "",
