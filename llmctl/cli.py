@@ -111,7 +111,7 @@ def unload(ctx: click.Context, name: str, force: bool, no_wait: bool, as_json: b
     def go() -> None:
         with _client(ctx) as c:
             model = c.call("POST", "/unload", json={"model": name, "force": force, "wait": False})
-            if model.get("state") == "draining" and not as_json:
+            if model.get("state") == "draining" and model.get("leases") and not as_json:
                 click.echo(f"{model['id']}: draining ({model.get('leases', 0)} requests in "
                            "flight; --force cancels them)", err=True)
             if not no_wait:
