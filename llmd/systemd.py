@@ -89,10 +89,6 @@ class Notifier:
         self.watchdog_interval = int(usec) / 1e6 / 2 if usec.isdigit() and own else 0.0
         self._last_status = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def send(self, *lines: str) -> None:
         """Send `KEY=VALUE` lines in one datagram; failures are logged, never raised."""
         if self._sock is None:
