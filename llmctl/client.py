@@ -1,13 +1,18 @@
-"""A small client for llmd's control socket (HTTP+JSON over a Unix socket)."""
+"""A small client for llmd's control socket (HTTP+JSON over a Unix socket).
+
+It uses the standard library's http.client rather than httpx: llmctl runs once per command,
+and importing httpx (and building its TLS context) cost more than the whole call.
+"""
 
 from __future__ import annotations
 
 import errno
-import json
+import http.client
+import json as _json  # call() takes a `json=` keyword, as httpx does
 import os
+import socket
 from typing import Any, Iterator
-
-import httpx
+from urllib.parse import urlencode
 
 DEFAULT_SOCKET = "/run/llmd/control.sock"
 
@@ -34,60 +39,92 @@ class DaemonError(ClientError):
         self.status = status
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection over a Unix socket."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("llmd", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Client:
     """Calls on the control socket; every failure becomes a ClientError with a clear message."""
 
     def __init__(self, socket_path: str, timeout: float | None = None) -> None:
         self.socket_path = socket_path
-        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=socket_path),
-                                  base_url="http://llmd", timeout=timeout)
+        self.timeout = timeout
+        self._open: list[_UnixConnection] = []
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.close()
+        for conn in self._open:
+            conn.close()
 
     def _explain(self, exc: Exception) -> ClientError:
-        cause: BaseException = exc
-        for _ in range(8):  # httpx -> httpcore -> OSError: find the OS-level reason
-            if isinstance(cause, OSError) or (cause.__cause__ or cause.__context__) is None:
-                break
-            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
-        code = getattr(cause, "errno", None)
-        if code in (errno.ENOENT, errno.ECONNREFUSED) or isinstance(
-                cause, (FileNotFoundError, ConnectionRefusedError)):
+        code = getattr(exc, "errno", None)
+        if code in (errno.ENOENT, errno.ECONNREFUSED):
             return ClientError(
                 f"llmd is not running (nothing listens on {self.socket_path}); start it with "
                 "`systemctl start llmd.socket` or `llmd`, or point --socket/$LLMD_SOCKET at it")
-        if code == errno.EACCES or isinstance(cause, PermissionError):
+        if code == errno.EACCES:
             return ClientError(f"permission denied on {self.socket_path}: "
                                "ask to join the llmd group or use sudo")
-        return ClientError(f"cannot talk to llmd on {self.socket_path}: {cause}")
+        return ClientError(f"cannot talk to llmd on {self.socket_path}: {exc}")
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One request; the decoded JSON answer, or DaemonError with llmd's message."""
+    def _send(self, method: str, path: str, params: dict[str, Any] | None,
+              json_body: Any) -> http.client.HTTPResponse:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        target = f"{path}?{urlencode(query)}" if query else path
+        body = None if json_body is None else _json.dumps(json_body).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        self._open.append(conn)
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            conn.request(method, target, body=body, headers=headers)
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
             raise self._explain(exc) from None
-        data = response.json() if response.content else {}
-        if response.status_code >= 400:
-            message = data.get("error", {}).get("message", response.text) if isinstance(
-                data, dict) else response.text
-            raise DaemonError(response.status_code, message)
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             json: Any = None) -> Any:
+        """One request; the decoded JSON answer, or DaemonError with llmd's message."""
+        response = self._send(method, path, params, json)
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._explain(exc) from None
+        text = raw.decode("utf-8", "replace")
+        try:
+            data = _json.loads(text) if raw else {}
+        except ValueError:
+            data = text
+        if response.status >= 400:
+            message = data.get("error", {}).get("message", text) if isinstance(
+                data, dict) else text
+            raise DaemonError(response.status, message)
         return data
 
     def events(self, then: tuple[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
         """State-change events as they happen; `then` = (path, body) is POSTed once subscribed."""
+        response = self._send("GET", "/events", None, None)
         try:
-            with self._http.stream("GET", "/events") as response:
-                lines = response.iter_lines()
-                next(lines, None)  # the stream's opening comment: we are subscribed
-                if then is not None:
-                    yield {"event": "answer", "data": self.call("POST", then[0], json=then[1])}
-                for line in lines:
-                    if line.startswith("data: "):
-                        yield json.loads(line[6:])
-        except httpx.TransportError as exc:
+            response.readline()  # the stream's opening comment: we are subscribed
+            if then is not None:
+                yield {"event": "answer", "data": self.call("POST", then[0], json=then[1])}
+            for line in response:
+                if line.startswith(b"data: "):
+                    yield _json.loads(line[6:])
+        except (OSError, http.client.HTTPException) as exc:
             raise self._explain(exc) from None

@@ -266,7 +266,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
     with _control_socket(config, activation) as control_sock, \
             _router_socket(config, activation) as router_sock:
         async with upstream_client() as client, fresh_client() as fresh:
-            hub = None if config.offline else Hub(client, config.hf_endpoint,
+            hub = None if config.offline else Hub(None, config.hf_endpoint,
                                                   Path(config.hub_cache), config.hf_token)
             scheduler = Scheduler(specs, make_launcher(config, client),
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
@@ -297,6 +297,8 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                 log.info("listeners closed; stopping children")
                 notifier.send("STATUS=stopping: stopping children")
                 nursery.cancel_scope.cancel()  # stops every child, each with its own timeout
+            if hub is not None:
+                await hub.aclose()
     log.info("llmd stopped")
 
 

@@ -141,12 +141,27 @@ def scan_cache(cache: Path) -> dict[str, tuple[str, str]]:
 class Hub:
     """A hub's API and files, fetched with resume and verified by sha256."""
 
-    def __init__(self, client: httpx.AsyncClient, endpoint: str, cache: Path,
+    def __init__(self, client: httpx.AsyncClient | None, endpoint: str, cache: Path,
                  token: str = "") -> None:
-        self.client = client
+        self._client = client
+        self._own = client is None
         self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.cache = cache
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The hub's HTTP client, made on first use: its TLS context takes ~50 ms to build."""
+        if self._client is None:
+            # A stalled hub must not hang a download forever; a slow one may take its time.
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=120))
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client if this Hub made it."""
+        if self._own and self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def cached(self, ref: str) -> tuple[str, str] | None:
         """(model path, mmproj path) of `ref` if it is already in the cache."""
