@@ -4,7 +4,7 @@ One run starts all three on the same model (Gemma 3 270M) and drives each with t
 client load, alternating rounds to cancel machine drift. It prints a table and writes
 bench/results.md with medians, p99 and llmd's ratio to each baseline.
 
-Run: .venv/bin/python bench/run.py            (about 5 minutes on 2 cores)
+Run: .venv/bin/python bench/run.py            (about 8 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from llmd.config import resolve_llama_server  # noqa: E402
 from tests.helpers import free_port, gemma_file, wait_until  # noqa: E402
+
+import scale  # noqa: E402
+import startup  # noqa: E402
 
 ARGS = ["--ctx-size", "1024", "--threads", "2", "--parallel", "4"]
 ROUNDS = 3
@@ -215,6 +218,9 @@ def main() -> None:
         for _ in range(ROUNDS):
             add(router, "cold_start", [cold_start(router, lambda: _router_unload(router))])
             add(llmd_t, "cold_start", [cold_start(llmd_t, lambda: _llmd_unload(llmd_t))])
+        for _ in range(ROUNDS):
+            _llmd_unload(llmd_t)
+            add(llmd_t, "readiness", [startup.readiness_delay(llmd_t.socket, llmd_t.model)])
         ps = []
         for _ in range(10):
             s = time.perf_counter()
@@ -230,7 +236,8 @@ def main() -> None:
     for name, values in swap_storm(server, tmp).items():
         for key, v in values.items():
             results[name].setdefault(key, []).extend(v)
-    results["llmd"]["activated_start"] = activated_start(tmp, models)
+    results["llmd"]["activated_start"] = startup.activated_start(tmp, models)
+    results["llmd"].update(scale.run(tmp))
     shutil.rmtree(tmp, ignore_errors=True)
     report(results)
 
@@ -302,29 +309,6 @@ def _metric(t: Target, name: str) -> int:
     return 0
 
 
-def activated_start(tmp: Path, models: Path) -> list[float]:
-    """Scenario 6: socket-activated llmd, from the first connection to the first answer."""
-    tool = shutil.which("systemd-socket-activate")
-    if not tool:
-        return []
-    times = []
-    for _ in range(3):
-        port = free_port()
-        config = tmp / f"act-{port}.toml"
-        config.write_text(tomli_w.dumps({"control_socket": str(tmp / f"act-{port}.sock"),
-                                         "models_dir": str(models), "memory_margin_mib": 0}))
-        proc = subprocess.Popen([tool, "-l", f"127.0.0.1:{port}", "--fdname=http",
-                                 sys.executable, "-m", "llmd", "--config", str(config),
-                                 "--log-level", "warning"], stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-        start = time.perf_counter()
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).raise_for_status()
-        times.append(time.perf_counter() - start)
-        proc.terminate()
-        proc.wait(30)
-    return times
-
-
 def _router_unload(t: Target) -> None:
     t.http.post("/models/unload", json={"model": t.model})
     wait_until(lambda: _status(t) == "unloaded", 60, "router unload")
@@ -350,11 +334,19 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
             ("3. completions, 32 clients: requests/s", "complete32_rps", 0.5, 1),
             ("3. completions, 32 clients: p99 (ms)", "complete32_latency", 0.99, 1000),
             ("4. cold start to first token (ms)", "cold_start", 0.5, 1000),
+            ("4. llmd readiness detection after the child can answer (ms)", "readiness", 0.5,
+             1000),
             ("5. swap storm (models_max=1, 2 models, 60 requests): seconds", "swap_time", 0.5, 1),
             ("5. swap storm: model loads", "swap_loads", 0.5, 1),
             ("5. swap storm: failed requests", "swap_failed", 0.5, 1),
             ("6. socket-activated start to first answer p50 (ms)", "activated_start", 0.5, 1000),
             ("6. llmctl ps wall time p50 (ms)", "llmctl_ps", 0.5, 1000),
+            ("7. 1,000 slow streams: llmd peak RSS (MiB)", "streams_rss_mib", 0.5, 1),
+            ("7. 1,000 slow streams: llmd CPU (% of one core)", "streams_cpu_pct", 0.5, 1),
+            ("7. 1,000 slow streams: streams completed", "streams_completed", 0.5, 1),
+            ("7. 2,000-model directory: catalog scan (ms)", "scan_seconds", 0.5, 1000),
+            ("7. 2,000-model directory: GET /v1/models p50 (ms)", "models_list_latency", 0.5,
+             1000),
             ("requests the server dropped unanswered (client retried)", "dropped", 0.5, 1)]
     lines = [f"# llmd side by side ({datetime.date.today()})", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -362,8 +354,8 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
              f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; {ROUNDS} alternating rounds.", "",
              "| scenario | direct | llama.cpp router | llmd | llmd/direct | llmd/router |",
              "|---|---|---|---|---|---|"]
-    for label, key, q, scale in rows:
-        vals = {n: pct(r[key], q) * scale if r.get(key) else None for n, r in results.items()}
+    for label, key, q, unit in rows:
+        vals = {n: pct(r[key], q) * unit if r.get(key) else None for n, r in results.items()}
         d, r, l = vals["direct"], vals["router"], vals["llmd"]
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"  # noqa: E731

@@ -7,13 +7,14 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import httpx
 import trio
+
+from . import ports
 
 log = logging.getLogger("llmd.child")
 
@@ -36,13 +37,6 @@ class ChildExited(Exception):
         super().__init__(f"llama-server exited with code {code}")
         self.code = code
         self.tail = tail
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -155,7 +149,7 @@ class Child:
 
 def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = "") -> Child:
     """Start llama-server on a free loopback port in its own process group."""
-    port = free_port()
+    port = ports.free_port()
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     if cache_dir:
         # What llama-server downloads itself (an operator's -hf argument) lands in llmd's
@@ -190,7 +184,8 @@ async def wait_ready(child: Child, client: httpx.AsyncClient) -> None:
             raise ChildExited(child.returncode, child.tail())
         try:
             response = await client.get(f"{child.base_url}/health", timeout=5)
-            if response.status_code == 200:
+            # A 200 from a process that took the child's port is not the child's.
+            if response.status_code == 200 and ports.held_by(child.pid, child.port):
                 return
         except httpx.TransportError:
             pass
@@ -198,6 +193,9 @@ async def wait_ready(child: Child, client: httpx.AsyncClient) -> None:
         with trio.move_on_after(delay):
             await child.wait_activity()
         delay = min(delay * 2, 0.1)
+
+
+_PORT_ATTEMPTS = 3  # how many ports a child may lose to other processes before it fails
 
 
 @dataclass(frozen=True)
@@ -222,10 +220,22 @@ async def serve(
     cache_dir: str = "",
 ) -> Exit:
     """Run one child: call `on_ready` once /health answers, return when it exits."""
-    try:
-        child = spawn(name, argv, log_lines=log_lines, cache_dir=cache_dir)
-    except OSError as exc:
-        return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
+    for _ in range(_PORT_ATTEMPTS):
+        try:
+            child = spawn(name, argv, log_lines=log_lines, cache_dir=cache_dir)
+        except OSError as exc:
+            return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
+        ended = await _run(child, on_ready, client=client, load_timeout=load_timeout,
+                           stop_timeout=stop_timeout)
+        if ended.ready or ended.code is None or not ports.taken(child.port):
+            return ended
+        log.warning("[%s] port %d was taken by another process before llama-server bound "
+                    "it; retrying on another port", name, child.port)
+    return ended
+
+
+async def _run(child: Child, on_ready: Callable[[Child], None], *, client: httpx.AsyncClient,
+               load_timeout: float, stop_timeout: float) -> Exit:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(child.supervise, stop_timeout)
         try:

@@ -6,6 +6,7 @@ import errno
 import grp
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -55,6 +56,20 @@ def bind_tcp(listen: str) -> socket.socket:
         sock.close()
         raise ListenError(f"cannot listen on {listen}: {exc.strerror}")
     return sock
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one; return the new soft limit."""
+    # systemd starts services with a soft limit of 1024, and every stream relayed holds
+    # two sockets: a thousand editors' streams would hit it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -259,6 +274,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
               load: Loader | None = None) -> None:
     """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
     specs = catalog.build(config) if specs is None else specs
+    raise_fd_limit()
     peercred.install()
     activation = activation or Activation()
     notifier = notifier or Notifier({})

@@ -55,10 +55,42 @@ class Metrics:
                   "# TYPE llmd_model_leases gauge"]
         for name, model in scheduler.models.items():
             lines.append(f'llmd_model_leases{{model="{_label(name)}"}} {model.leases}')
+        lines += ["# HELP llmd_model_waiters Requests waiting for a model to be loaded.",
+                  "# TYPE llmd_model_waiters gauge"]
+        for name, model in scheduler.models.items():
+            lines.append(f'llmd_model_waiters{{model="{_label(name)}"}} {model.waiters}')
+        models = scheduler.models.values()
+        lines += ["# HELP llmd_in_flight Requests being served by children.",
+                  "# TYPE llmd_in_flight gauge", f"llmd_in_flight {sum(m.leases for m in models)}",
+                  "# HELP llmd_queue_depth Requests waiting for a load, all models.",
+                  "# TYPE llmd_queue_depth gauge",
+                  f"llmd_queue_depth {sum(m.waiters for m in models)}"]
+        lines += _devices(scheduler)
         lines += ["# HELP llmd_loads_total Model loads started.", "# TYPE llmd_loads_total counter",
                   f"llmd_loads_total {scheduler.loads}",
-                  "# HELP llmd_upstream_retries_total Requests re-sent after a child closed a "
+                  "# HELP llmd_evictions_total Idle models stopped to make room for another.",
+                  "# TYPE llmd_evictions_total counter",
+                  f"llmd_evictions_total {scheduler.evictions}",
+                  "# HELP llmd_failures_total Loads and downloads that failed, and children that "
+                  "exited on their own after loading.", "# TYPE llmd_failures_total counter"]
+        for kind in ("load", "download", "crash"):
+            lines.append(f'llmd_failures_total{{kind="{kind}"}} {scheduler.failures[kind]}')
+        lines += ["# HELP llmd_upstream_retries_total Requests re-sent after a child closed a "
                   "kept-alive connection without answering.",
                   "# TYPE llmd_upstream_retries_total counter",
                   f"llmd_upstream_retries_total {upstream_retries}"]
         return "\n".join(lines) + "\n"
+
+
+def _devices(scheduler: Scheduler) -> list[str]:
+    table = scheduler.device_table()
+    lines = []
+    for metric, key, text in (("committed", "committed_mib", "held by llmd's models"),
+                              ("free", "free_mib", "free now"),
+                              ("total", "total_mib", "in all")):
+        lines += [f"# HELP llmd_device_memory_{metric}_bytes Memory {text}, per device.",
+                  f"# TYPE llmd_device_memory_{metric}_bytes gauge"]
+        for device in table:
+            lines.append(f'llmd_device_memory_{metric}_bytes{{device="{_label(str(device["id"]))}"}} '
+                         f"{int(device[key]) << 20}")  # type: ignore[call-overload]
+    return lines

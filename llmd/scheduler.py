@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections import Counter
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -55,6 +56,7 @@ class Scheduler:
         self.allow_pull = allow_pull  # may router requests name hub models not configured?
         self.loads = 0
         self.evictions = 0
+        self.failures: Counter[str] = Counter()  # "load", "download", "crash"
         self._nursery: trio.Nursery | None = None
         self._admission = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
         self._released = trio.Event()
@@ -266,8 +268,11 @@ class Scheduler:
         result = await self._launcher(model.spec, lambda h: self._ready(model, h))
         if result.ready:
             log.warning("%s: %s", name, result.reason)
+            if result.code not in (0, None):
+                self.failures["crash"] += 1
         else:
             log.error("%s: failed to load: %s", name, result.reason)
+            self.failures["load"] += 1
             model.error = (attempt, ModelFailed(name, result.reason))
         if not result.ready or result.code not in (0, None):
             model.failure = Failure(result.reason, result.code, result.tail)
@@ -310,6 +315,7 @@ class Scheduler:
             nursery.cancel_scope.cancel()
         if error is not None:
             log.error("%s: download failed: %s", name, error)
+            self.failures["download"] += 1
             model.failure = Failure(f"download failed: {error}", None, [])
             raise ModelFailed(name, f"download failed: {error}")
         log.info("%s: downloaded to %s", name, path)

@@ -107,7 +107,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-server = ThreadingHTTPServer((args.host, args.port), Handler)
+class Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # bench/scale.py opens a thousand streams at once
+
+
+server = Server((args.host, args.port), Handler)
 server.daemon_threads = True
 
 
