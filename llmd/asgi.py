@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from .errors import BadRequest, BodyTooLarge, LlmdError
+from .errors import BadRequest, BodyTooLarge, LlmdError, RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,11 +34,27 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body; BodyTooLarge as soon as it exceeds `limit` bytes."""
+def check_framing(scope: Scope) -> None:
+    """Refuse a request framed by both Content-Length and Transfer-Encoding."""
+    # h11 lets Transfer-Encoding win, as RFC 9112 allows; but behind a proxy that read the
+    # other framing, what follows could be a smuggled request. Answer, then hang up.
+    names = {name for name, _ in scope["headers"]}
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise BadRequest("request has both Content-Length and Transfer-Encoding",
+                         headers={"connection": "close"})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float = 60) -> bytes:
+    """The whole request body; BodyTooLarge past `limit` bytes, RequestTimeout past `timeout`."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    with trio.move_on_after(timeout):  # a client dribbling its body must not hold us
+        return await _read_all(receive, limit)
+    raise RequestTimeout(f"request body not received within {timeout:g}s")
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -57,6 +57,9 @@ class Config:
     load_timeout: float = 300
     shutdown_timeout: float = 30
     max_body_mib: int = 32
+    body_timeout: float = 60
+    header_timeout: float = 10
+    max_connections: int = 2048
     log_lines: int = 200
     hf_endpoint: str = ""
     allow_pull: bool = False
@@ -85,6 +88,9 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "estimate_timeout": ((int, float), float),
     "shutdown_timeout": ((int, float), float),
     "max_body_mib": ((int,), int),
+    "body_timeout": ((int, float), float),
+    "header_timeout": ((int, float), float),
+    "max_connections": ((int,), int),
     "log_lines": ((int,), int),
     "hf_endpoint": ((str,), str),
     "allow_pull": ((bool,), bool),
@@ -103,7 +109,8 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
 _MODEL_LISTS = {"args", "aliases", "tags"}
 _NON_NEGATIVE = {"models_max", "memory_margin_mib", "stop_timeout", "drain_timeout",
                  "estimate_timeout",
-                 "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl"}
+                 "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl",
+                 "body_timeout", "header_timeout", "max_connections"}
 
 
 def _scalar(source: str, key: str, value: Any, kinds: tuple[type, ...], conv: Any) -> Any:

@@ -60,7 +60,8 @@ class Control:
             except ConfigError as exc:
                 raise BadRequest(f"reload failed, the running configuration stays: {exc}")
         elif method == "POST" and path in ("/load", "/unload", "/pull"):
-            body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20))
+            body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20,
+                                                            self.config.body_timeout))
             name = body.get("model")
             if not isinstance(name, str) or not name:
                 raise BadRequest("'model' is required")

@@ -20,7 +20,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from . import catalog, child, peercred
+from . import catalog, child, connections
 from .catalog import ModelSpec
 from .config import Config
 from .errors import ConfigError
@@ -134,13 +134,17 @@ def _set_group(path: str, group: str) -> None:
         log.info("cannot give the control socket to group %r (not permitted)", group)
 
 
-def _server_config(fd: int, config: Config) -> hypercorn.config.Config:
+def _server_config(fd: int, config: Config, limit: connections.Limit) -> hypercorn.config.Config:
     hc = hypercorn.config.Config()
     hc.bind = [f"fd://{fd}"]
     hc.errorlog = logging.getLogger("llmd.http")
     hc.accesslog = None
     hc.include_server_header = False
     hc.graceful_timeout = config.shutdown_timeout
+    # hypercorn closes a connection that has not sent a whole request head this long after
+    # it opened or after its last response: the slow-loris bound, and the keep-alive one.
+    hc.keep_alive_timeout = config.header_timeout
+    connections.set_limit(hc, limit)
     return hc
 
 
@@ -275,7 +279,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
     """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
     specs = catalog.build(config) if specs is None else specs
     raise_fd_limit()
-    peercred.install()
+    connections.install()
     activation = activation or Activation()
     notifier = notifier or Notifier({})
     shutdown = trio.Event()
@@ -288,7 +292,10 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
                                   hub=hub, default_args=config.args,
                                   allow_pull=config.allow_pull, **memory_accounting(config))
-            router = Router(config, scheduler, Proxy(client, fresh), Metrics())
+            limits = {app: connections.Limit(config.max_connections or 1 << 30)
+                      for app in ("router", "control")}
+            router = Router(config, scheduler, Proxy(client, fresh),
+                            Metrics(connections=limits["router"]))
             control = Control(config, scheduler)
             reloader = Reloader(load, config, scheduler, [router, control])
             router.reload = control.reload = reloader
@@ -296,11 +303,12 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                 await nursery.start(scheduler.run)
                 async with trio.open_nursery() as servers:
                     servers.start_soon(_until_signal, shutdown, reloader)
-                    for app, sock in ((router, router_sock), (control, control_sock)):
+                    for app, sock, limit in ((router, router_sock, limits["router"]),
+                                             (control, control_sock, limits["control"])):
                         # hypercorn gets its own fd; ours is closed when the block ends.
                         await servers.start(partial(
-                            hypercorn.trio.serve, app, _server_config(os.dup(sock.fileno()),
-                                                                      config),
+                            hypercorn.trio.serve, app,
+                            _server_config(os.dup(sock.fileno()), config, limit),
                             shutdown_trigger=shutdown.wait))
                     log.info("llmd listening: router on %s, control on %s, %d models",
                              _where(router_sock), _where(control_sock), len(specs))

@@ -58,6 +58,13 @@ class BodyTooLarge(LlmdError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(LlmdError):
+    """The client took longer than body_timeout to send its request body."""
+
+    status = 408
+    type = "invalid_request_error"
+
+
 class Unavailable(LlmdError):
     status = 503
     type = "unavailable_error"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .connections import Limit
     from .scheduler import Scheduler
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -24,6 +25,7 @@ class Metrics:
     requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     latency_sum: float = 0.0
+    connections: Limit | None = None  # the router listener's
 
     def request(self, model: str, path: str, status: int, seconds: float) -> None:
         """Count one finished request."""
@@ -79,6 +81,13 @@ class Metrics:
                   "kept-alive connection without answering.",
                   "# TYPE llmd_upstream_retries_total counter",
                   f"llmd_upstream_retries_total {upstream_retries}"]
+        if self.connections is not None:
+            lines += ["# HELP llmd_connections Open connections to the router.",
+                      "# TYPE llmd_connections gauge",
+                      f"llmd_connections {self.connections.current}",
+                      "# HELP llmd_connections_refused_total Connections refused at "
+                      "max_connections.", "# TYPE llmd_connections_refused_total counter",
+                      f"llmd_connections_refused_total {self.connections.refused}"]
         return "\n".join(lines) + "\n"
 
 

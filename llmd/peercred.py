@@ -1,8 +1,8 @@
 """Who is on the other end of a control-socket connection (SO_PEERCRED), for the apps.
 
-hypercorn's ASGI scope has no client for Unix sockets, so llmd wraps the one place
-hypercorn starts serving a connection: there it reads the peer's pid/uid/gid into a
-context variable, which the connection's ASGI tasks inherit.
+hypercorn's ASGI scope has no client for Unix sockets, so connections.py reads the
+peer's pid/uid/gid as each connection starts into a context variable, which the
+connection's ASGI tasks inherit.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
-
-import hypercorn.trio.run as _hypercorn_run
 
 
 @dataclass(frozen=True)
@@ -71,25 +69,3 @@ def may_control(peer: Peer | None, group: str) -> bool:
         return pwd.getpwuid(peer.uid).pw_name in entry.gr_mem
     except KeyError:
         return False
-
-
-def install() -> None:
-    """Make hypercorn record each connection's peer before serving it (idempotent)."""
-    server = _hypercorn_run.TCPServer
-    if getattr(server, "_llmd_peercred", False):
-        return
-
-    def serve_connection(app: Any, config: Any, context: Any, state: Any, stream: Any) -> Any:
-        connection = server(app, config, context, state, stream)
-
-        async def run() -> None:
-            try:
-                PEER.set(peer_of(stream.socket))
-            except OSError:
-                PEER.set(None)
-            await connection
-
-        return run()
-
-    serve_connection._llmd_peercred = True  # type: ignore[attr-defined]
-    _hypercorn_run.TCPServer = serve_connection  # type: ignore[assignment]

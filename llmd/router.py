@@ -92,6 +92,7 @@ class Router:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send,
                         status: dict[str, Any]) -> None:
+        asgi.check_framing(scope)
         self._check_key(scope)
         method, path = scope["method"], scope["path"]
         params = asgi.query(scope)
@@ -110,7 +111,7 @@ class Router:
                 return await self._events(receive, send)
             if path in PROXIED_GET and params.get("model"):
                 status["model"] = params["model"]
-                body = await asgi.read_body(scope, receive, self.config.max_body_mib << 20)
+                body = await self._body(scope, receive)
                 return await self._proxy(scope, receive, send, params["model"], body,
                                          autoload_of(params, self.config.autoload))
             if path == "/props":
@@ -124,7 +125,7 @@ class Router:
             if path in ("/models/load", "/models/unload"):
                 return await self._load_unload(scope, receive, send, path)
             if path in PROXIED_POST:
-                body = await asgi.read_body(scope, receive, self.config.max_body_mib << 20)
+                body = await self._body(scope, receive)
                 model = asgi.json_object(body).get("model")
                 if not isinstance(model, str) or not model:
                     raise BadRequest("model name is missing from the request")
@@ -132,6 +133,10 @@ class Router:
                 return await self._proxy(scope, receive, send, model, body,
                                          autoload_of(params, self.config.autoload))
         raise NotFound(f"no route for {method} {path}")
+
+    async def _body(self, scope: Scope, receive: Receive, limit: int | None = None) -> bytes:
+        return await asgi.read_body(scope, receive, limit or self.config.max_body_mib << 20,
+                                    self.config.body_timeout)
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
                      autoload: bool) -> None:
@@ -141,7 +146,7 @@ class Router:
                                          scope.get("query_string", b""), scope["headers"], body)
 
     async def _load_unload(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        body = asgi.json_object(await asgi.read_body(scope, receive, 1 << 20))
+        body = asgi.json_object(await self._body(scope, receive, 1 << 20))
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise BadRequest("model name is missing from the request")
