@@ -57,6 +57,15 @@ def _is_later_shard(name: str) -> bool:
     return bool(m) and int(m.group(1)) != 1
 
 
+def file_identity(path: str) -> tuple[int, ...] | None:
+    """What tells one file from its replacement at the same path; None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _scan_subdir(path: str) -> tuple[str, str] | None:
     """The (model file, mmproj file) of a one-model sub-directory, or None if it has none."""
     files = sorted(e.name for e in os.scandir(path) if _is_gguf(e.name) and e.is_file())

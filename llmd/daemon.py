@@ -152,6 +152,8 @@ def make_launcher(config: Config, client: httpx.AsyncClient) -> Launcher:
     """The launcher that runs a real llama-server for a spec."""
 
     async def launch(spec: ModelSpec, on_ready: Callable[[Handle], None]) -> child.Exit:
+        if not os.path.isfile(spec.path):  # deleted since the scan: say so, start nothing
+            return child.Exit(None, f"model file {spec.path} does not exist", [], False)
         return await child.serve(
             spec.name, [config.llama_server, *spec.child_args()], on_ready,
             client=client, load_timeout=config.load_timeout, stop_timeout=config.stop_timeout,

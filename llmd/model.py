@@ -86,6 +86,7 @@ class Model:
     pull_only: bool = False  # this attempt downloads and stops (llmctl pull)
     evicting: bool = False  # draining because a queued load needs its room (not an unload)
     pulled: int = 0  # the attempt whose pull completed
+    file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
 
     def holding(self) -> dict[str, int]:
         """What this model holds per device in the books."""

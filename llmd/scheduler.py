@@ -13,7 +13,7 @@ import trio
 
 from . import books, status
 from .download import DownloadError, Progress, parse_ref
-from .catalog import ModelSpec, names
+from .catalog import ModelSpec, file_identity, names
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
 from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 
@@ -258,6 +258,7 @@ class Scheduler:
     async def _run_child(self, model: Model, attempt: int) -> None:
         """Estimate, get admitted, run the child until it exits; record how it ended."""
         name = model.spec.name
+        model.file_id = file_identity(model.spec.path)
         if self.devices is not None:
             await self._estimate(model)
             self._set(model, QUEUED)
@@ -436,8 +437,12 @@ class Scheduler:
             if model is None:
                 self.models[name] = Model(spec)
                 added.append(name)
-            elif model.spec != spec:
-                restart = model.spec.child_args() != spec.child_args() and model.state != UNLOADED
+            elif model.spec != spec or self._file_replaced(model, spec):
+                # A file replaced or deleted under a running child: the next run must use
+                # what is there now (or fail saying it is gone), not what was mapped.
+                restart = model.state != UNLOADED and (
+                    model.spec.child_args() != spec.child_args()
+                    or self._file_replaced(model, spec))
                 model.spec = spec
                 changed.append(name)
                 if restart:
@@ -452,6 +457,10 @@ class Scheduler:
         self._publish({"model": "*", "event": "models_reload",
                        "data": {"added": added, "removed": removed, "changed": changed}})
         return {"added": added, "removed": removed, "changed": changed}
+
+    @staticmethod
+    def _file_replaced(model: Model, spec: ModelSpec) -> bool:
+        return model.state in _RUNNING and model.file_id != file_identity(spec.path)
 
     async def _retire(self, model: Model) -> None:
         await self._unload(model)

@@ -88,14 +88,19 @@ def test_broken_model_fails_while_good_one_serves(daemon, llama_server, gemma):
     assert d.chat("good").status_code == 200
 
 
-def test_sigkill_of_llmd_leaves_no_llama_server(daemon, llama_server, gemma):
+def test_sigkill_of_llmd_leaves_no_llama_server_and_the_next_start_is_clean(
+        daemon, llama_server, gemma):
     d = daemon(gemma_config(llama_server), models={"gemma.gguf": gemma})
     d.llmctl("load", "gemma")
     pid = d.models()["gemma"]["pid"]
     assert pid_alive(pid)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
-    wait_until(lambda: not pid_alive(pid), 5, "llama-server to die with llmd")
+    wait_until(lambda: not pid_alive(pid), 1, "llama-server to die within a second of llmd")
+    assert os.path.exists(d.socket)  # left behind: nobody removed it
+    d.start()  # replaces the stale control socket
+    assert d.llmctl("ps").returncode == 0
+    assert d.chat("gemma").status_code == 200
 
 
 def test_failed_load_reports_through_llmctl(daemon, llama_server, tmp_path):

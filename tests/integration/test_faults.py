@@ -1,0 +1,110 @@
+"""Faults with real children: a child killed mid-stream, model files deleted or replaced.
+
+Starts: llmd (subprocess), real llama-server children on the Gemma model and on small
+generated GGUF models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import tomli_w
+
+from tests.fakes import tiny_gguf
+from tests.helpers import pid_alive, wait_until
+
+pytestmark = pytest.mark.real
+ARGS = ["--ctx-size", "2048", "--threads", "2", "--parallel", "2"]
+
+
+def stream(d, model: str, tokens: int, first: threading.Event, out: list[str]) -> None:
+    """Read one streamed completion into `out`, setting `first` at its first data line."""
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": tokens,
+            "temperature": 0, "stream": True}
+    with httpx.Client(base_url=d.url, timeout=120) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    out.append(line[6:])
+                    first.set()
+    first.set()
+
+
+def test_child_killed_mid_stream_ends_that_stream_cleanly_and_others_go_on(
+        daemon, llama_server, gemma, tmp_path):
+    tiny = tiny_gguf.write(tmp_path / "tiny.gguf", layers=2, width=256)
+    d = daemon({"llama_server": llama_server, "args": ARGS},
+               models={"gemma.gguf": gemma, "tiny.gguf": tiny})
+    other_first, victim_first = threading.Event(), threading.Event()
+    other: list[str] = []
+    victim: list[str] = []
+    threads = [threading.Thread(target=stream, args=(d, "tiny", 1500, other_first, other)),
+               threading.Thread(target=stream, args=(d, "gemma", 400, victim_first, victim))]
+    threads[0].start()
+    assert other_first.wait(60)
+    threads[1].start()
+    assert victim_first.wait(60)
+    pid = d.models()["gemma"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    for t in threads:
+        t.join(120)
+    # The victim's stream ends with an error event, not a silent cut or a hang.
+    error = json.loads(victim[-1])["error"]
+    assert error["code"] == 502 and "stopped" in error["message"]
+    assert "[DONE]" not in victim
+    # The other model's stream was untouched.
+    assert other[-1] == "[DONE]" and not any('"error"' in line for line in other)
+    wait_until(lambda: d.models()["gemma"]["state"] == "unloaded", 10, "gemma to be unloaded")
+    assert d.models()["gemma"]["status"]["exit_code"] == -signal.SIGKILL
+    # The next request loads it again.
+    again = d.http.post("/v1/completions", json={"model": "gemma", "prompt": "Hi",
+                                                 "max_tokens": 2})
+    assert again.status_code == 200
+    assert d.models()["gemma"]["pid"] not in (None, pid)
+
+
+def test_model_file_replaced_or_deleted_while_loaded(daemon, llama_server, tmp_path):
+    first = tiny_gguf.write(tmp_path / "first.gguf", layers=1, width=64, seed=1)
+    second = tiny_gguf.write(tmp_path / "second.gguf", layers=1, width=64, seed=2)
+    d = daemon({"llama_server": llama_server, "args": ARGS},
+               models={"scanned.gguf": first.read_bytes()})
+    listed = tmp_path / "listed.gguf"
+    listed.write_bytes(first.read_bytes())
+    config = {**d.config, "models": {"listed": {"path": str(listed)}}}
+    d.config_path.write_text(tomli_w.dumps(config))
+    d.llmctl("reload")
+    scanned = Path(d.config["models_dir"]) / "scanned.gguf"
+
+    def complete(model: str) -> int:
+        return d.http.post("/v1/completions", json={"model": model, "prompt": "a",
+                                                    "max_tokens": 2}).status_code
+
+    assert complete("scanned") == 200 and complete("listed") == 200
+    pids = {m: d.models()[m]["pid"] for m in ("scanned", "listed")}
+    # Replaced under a running child: it keeps serving; a reload restarts it on the new file.
+    os.replace(tmp_path / "second.gguf", listed)
+    assert complete("listed") == 200
+    assert "changed: listed" in d.llmctl("reload").stdout
+    wait_until(lambda: d.models()["listed"]["pid"] not in (None, pids["listed"]), 30,
+               "listed to restart on its new file")
+    assert not pid_alive(pids["listed"]) and complete("listed") == 200
+    # Deleted under a running child: it keeps serving until a reload drops the model.
+    scanned.unlink()
+    assert complete("scanned") == 200
+    assert "removed: scanned" in d.llmctl("reload").stdout
+    wait_until(lambda: not pid_alive(pids["scanned"]), 10, "scanned's child to stop")
+    assert "scanned" not in d.models()
+    # A configured model whose file is gone fails with the reason; the rest serve on.
+    listed.unlink()
+    d.llmctl("reload")
+    wait_until(lambda: d.models()["listed"]["state"] == "unloaded", 30, "listed to stop")
+    assert complete("listed") == 503
+    status = d.models()["listed"]["status"]
+    assert status["failed"] and "does not exist" in status["reason"]
+    assert d.http.get("/health").status_code == 200
