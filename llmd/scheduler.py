@@ -385,8 +385,10 @@ class Scheduler:
                             self._nursery_start(self._stop_when_drained, busy)
                         await self._released.wait()
             finally:
-                for m in marked:  # room found elsewhere, or we gave up: it serves again
-                    if m.evicting and m.state == DRAINING:
+                for m in marked:  # room found elsewhere, or we gave up: it serves again,
+                    # unless it drained meanwhile and its child is already stopping.
+                    stopping = m.scope is None or m.scope.cancel_called
+                    if m.evicting and m.state == DRAINING and not stopping:
                         m.evicting = False
                         self._set(m, LOADED)
             raise NoRoom(

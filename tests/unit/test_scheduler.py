@@ -250,3 +250,26 @@ async def test_state_changes_are_published(autojump_clock):
             except trio.WouldBlock:
                 break
     assert seen == ["loading", "loading", "loaded"]
+
+
+async def test_a_busy_victim_whose_child_is_stopping_is_not_handed_out_again(autojump_clock):
+    # b's load marks busy a for eviction. a drains, and its (slow) child starts stopping.
+    # Then room appears another way (c goes idle and is evicted). a must not go back to
+    # "loaded" while its child exits: requests would be sent to a dying child.
+    launcher = FakeLauncher()
+    launcher.behaviour["a"] = Behaviour(stop_seconds=30)
+    s = Scheduler(specs("a", "c", "b"), launcher, models_max=2, drain_timeout=600)
+    results: list = []
+    async with running(s) as n:
+        n.start_soon(use, s, "a", 10, results)
+        await trio.sleep(0.5)
+        n.start_soon(use, s, "c", 12, results)
+        await trio.sleep(2)
+        n.start_soon(use, s, "b", 30, results)
+        # a drains at ~11 and takes 30 s to stop; c goes idle at ~14.5 and is evicted.
+        while s.models["b"].state != "loaded":
+            await trio.sleep(0.1)
+        assert s.models["a"].state == "draining" and "a" in launcher.cancelled
+        await use(s, "a", 0, results)
+    first_a, second_a = [pid for name, pid in results if name == "a"]
+    assert first_a != second_a  # served by a new child, not the one that was stopping
