@@ -126,12 +126,18 @@ def unload(ctx: click.Context, name: str, force: bool, no_wait: bool, as_json: b
 @main.command()
 @click.argument("name")
 @click.option("-n", "--lines", default=100, show_default=True, help="How many lines.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new lines as they come, across restarts, until interrupted.")
 @json_option
 @click.pass_context
-def logs(ctx: click.Context, name: str, lines: int, as_json: bool) -> None:
+def logs(ctx: click.Context, name: str, lines: int, follow: bool, as_json: bool) -> None:
     """Show the last lines a model's llama-server printed."""
     def go() -> None:
         with _client(ctx) as c:
+            if follow:
+                for event in c.stream("/logs", {"model": name, "lines": lines, "follow": 1}):
+                    click.echo(json.dumps(event) if as_json else event["line"])
+                return
             data = c.call("GET", "/logs", params={"model": name, "lines": lines})
         if as_json:
             _print_json(data)

@@ -105,20 +105,32 @@ class Client:
             raw = response.read()
         except (OSError, http.client.HTTPException) as exc:
             raise self._explain(exc) from None
+        if response.status >= 400:
+            self._raise(response.status, raw)
+        return _json.loads(raw) if raw else {}
+
+    @staticmethod
+    def _raise(status: int, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace")
         try:
-            data = _json.loads(text) if raw else {}
+            data = _json.loads(text)
         except ValueError:
-            data = text
-        if response.status >= 400:
-            message = data.get("error", {}).get("message", text) if isinstance(
-                data, dict) else text
-            raise DaemonError(response.status, message)
-        return data
+            data = None
+        message = text
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            message = data["error"].get("message", text)
+        raise DaemonError(status, message)
 
     def events(self, then: tuple[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
         """State-change events as they happen; `then` = (path, body) is POSTed once subscribed."""
-        response = self._send("GET", "/events", None, None)
+        return self.stream("/events", None, then)
+
+    def stream(self, path: str, params: dict[str, Any] | None = None,
+               then: tuple[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+        """The JSON data of a server-sent event stream, as it comes."""
+        response = self._send("GET", path, params, None)
+        if response.status >= 400:
+            self._raise(response.status, response.read())
         try:
             response.readline()  # the stream's opening comment: we are subscribed
             if then is not None:

@@ -59,6 +59,7 @@ class Child:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.output: collections.deque[str] = collections.deque(maxlen=max(1, log_lines))
+        self.lines_total = 0  # lines printed so far, including those the deque let go
         self.returncode: int | None = None
         self.exited = trio.Event()
         self._activity = trio.Event()
@@ -95,10 +96,12 @@ class Child:
                 for raw in lines:
                     line = raw.decode("utf-8", "replace").rstrip("\r")
                     self.output.append(line)
+                    self.lines_total += 1
                     log.info("[%s] %s", self.name, line)
                 self._wake()
         if pending:
             self.output.append(pending.decode("utf-8", "replace"))
+            self.lines_total += 1
 
     def _wake(self) -> None:
         self._activity.set()

@@ -7,10 +7,13 @@ import os
 import time
 from typing import Any, Callable
 
-from . import asgi, peercred
+import trio
+
+from . import asgi, follow, peercred
 from .asgi import Receive, Scope, Send
 from .config import Config
 from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
+from .model import Model
 from .scheduler import Scheduler
 
 log = logging.getLogger("llmd.control")
@@ -46,6 +49,8 @@ class Control:
                 return await asgi.send_json(send, 200, self._status(params.get("model")))
             if path == "/ps":
                 return await asgi.send_json(send, 200, {"models": self.scheduler.snapshot()})
+            if path == "/logs" and params.get("follow") in ("1", "true"):
+                return await self._follow(receive, send, params)
             if path == "/logs":
                 return await asgi.send_json(send, 200, self._logs(params))
             if path == "/events":
@@ -116,15 +121,28 @@ class Control:
             "devices": self.scheduler.device_table(),
         }
 
-    def _logs(self, params: dict[str, str]) -> dict[str, Any]:
+    def _logs_of(self, params: dict[str, str]) -> tuple[Model, int]:
         name = params.get("model", "")
         if not name:
             raise BadRequest("'model' is required")
         model = self.scheduler.resolve(name)
         try:
-            lines = max(1, min(int(params.get("lines", "100")), 100_000))
+            lines = max(0, min(int(params.get("lines", "100")), 100_000))
         except ValueError:
             raise BadRequest("'lines' must be an integer")
+        return model, lines
+
+    def _logs(self, params: dict[str, str]) -> dict[str, Any]:
+        model, lines = self._logs_of(params)
         tail = model.handle.tail(lines) if model.handle else model.output[-lines:]
-        return {"model": model.spec.name, "lines": tail}
+        return {"model": model.spec.name, "lines": tail[-lines:] if lines else []}
+
+    async def _follow(self, receive: Receive, send: Send, params: dict[str, str]) -> None:
+        model, lines = self._logs_of(params)
+        out, found = trio.open_memory_channel[dict[str, Any]](1024)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow.lines, model, lines, out)
+            async with asgi.cancelled_on_disconnect(receive, send) as send:
+                await asgi.event_stream(send, found)
+            nursery.cancel_scope.cancel()
 

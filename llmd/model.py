@@ -20,8 +20,11 @@ class Handle(Protocol):
     pid: int
     port: int
     base_url: str
+    lines_total: int  # output lines printed so far
 
     def tail(self, n: int = 20) -> list[str]: ...
+
+    async def wait_activity(self) -> None: ...
 
 
 class Exit(Protocol):

@@ -18,6 +18,10 @@ class FakeHandle:
     base_url: str
     code: int | None = None
     exited: trio.Event = field(default_factory=trio.Event)
+    lines_total: int = 1
+
+    async def wait_activity(self) -> None:
+        await self.exited.wait()
 
     def tail(self, n: int = 20) -> list[str]:
         return [f"fake output of pid {self.pid}"][-n:]

@@ -88,7 +88,7 @@ def test_model_file_replaced_or_deleted_while_loaded(daemon, llama_server, tmp_p
     assert complete("scanned") == 200 and complete("listed") == 200
     pids = {m: d.models()[m]["pid"] for m in ("scanned", "listed")}
     # Replaced under a running child: it keeps serving; a reload restarts it on the new file.
-    os.replace(tmp_path / "second.gguf", listed)
+    os.replace(second, listed)
     assert complete("listed") == 200
     assert "changed: listed" in d.llmctl("reload").stdout
     wait_until(lambda: d.models()["listed"]["pid"] not in (None, pids["listed"]), 30,

@@ -205,3 +205,28 @@ def test_child_ignoring_sigterm_is_killed_after_stop_timeout(fake_daemon):
     assert not pid_alive(pid)
     # It printed this on SIGTERM and was still there to be SIGKILLed after stop_timeout.
     assert "ignoring SIGTERM" in d.llmctl("logs", "stubborn").stdout
+
+
+def test_llmctl_logs_follow_prints_new_lines_across_restarts(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()})
+    follower = subprocess.Popen([sys.executable, "-m", "llmctl", "--socket", d.socket, "logs",
+                                 "-f", "-n", "0", "a"], stdout=subprocess.PIPE, text=True)
+    try:
+        seen: list[str] = []
+
+        def saw(text: str, times: int = 1) -> bool:
+            return sum(text in line for line in seen) >= times
+
+        reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
+        reader.start()
+        d.llmctl("load", "a")
+        wait_until(lambda: saw("model loaded"), 10, "the first child's lines")
+        d.llmctl("unload", "a")
+        d.llmctl("load", "a")
+        wait_until(lambda: saw("model loaded", 2), 10, "the restarted child's lines")
+        assert follower.poll() is None  # still following
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    missing = d.llmctl("logs", "-f", "nosuch", check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
