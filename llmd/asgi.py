@@ -100,6 +100,13 @@ async def send_error(send: Send, error: LlmdError) -> None:
     await send_json(send, error.status, error.body(), error.headers)
 
 
+async def send_event_error(send: Send, error: LlmdError) -> None:
+    """End a started server-sent event stream with the error as its last event."""
+    tail = f"data: {json.dumps(error.body())}\n\n".encode()
+    await send({"type": "http.response.body", "body": tail, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def send_text(send: Send, status: int, text: str, content_type: bytes) -> None:
     """Send a complete plain-text response."""
     body = text.encode()

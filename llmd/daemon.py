@@ -320,12 +320,21 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                     nursery.start_soon(_report_status, scheduler, notifier)
                     await shutdown.wait()
                     notifier.send("STOPPING=1", "STATUS=stopping: finishing requests in flight")
+                    nursery.start_soon(_end_requests, scheduler, config.shutdown_timeout)
                 log.info("listeners closed; stopping children")
                 notifier.send("STATUS=stopping: stopping children")
                 nursery.cancel_scope.cancel()  # stops every child, each with its own timeout
             if hub is not None:
                 await hub.aclose()
     log.info("llmd stopped")
+
+
+async def _end_requests(scheduler: Scheduler, shutdown_timeout: float) -> None:
+    # Just before hypercorn's graceful timeout cuts connections mid-air, end the requests
+    # still in flight ourselves: a stream then ends with an error event a client can read.
+    await trio.sleep(max(0.0, shutdown_timeout - min(1.0, shutdown_timeout / 4)))
+    log.warning("shutdown_timeout: ending the requests still in flight")
+    scheduler.end_requests()
 
 
 def _where(sock: socket.socket) -> str:

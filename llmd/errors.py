@@ -87,10 +87,10 @@ class ModelFailed(Unavailable):
 
 
 class ModelUnloaded(Unavailable):
-    """The model was unloaded while the request waited for it."""
+    """The model was unloaded (or llmd is stopping) before the request was done."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"model '{name}' was unloaded while the request waited")
+    def __init__(self, name: str, why: str = "was unloaded") -> None:
+        super().__init__(f"model '{name}' {why} before the request was done")
 
 
 class NoRoom(Unavailable):

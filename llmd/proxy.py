@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import httpx
 
+from . import asgi
 from .asgi import Send
 from .errors import UpstreamError
 
@@ -84,12 +84,10 @@ class Proxy:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except httpx.TransportError as exc:
                 log.warning("upstream %s broke mid-response: %r", base_url, exc)
-                if streaming:
-                    # An SSE client gets a clean error event instead of a silent cut.
-                    error = {"error": {"code": 502, "type": "server_error",
-                                       "message": "model server stopped mid-response"}}
-                    tail = f"data: {json.dumps(error)}\n\n".encode()
-                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+                if streaming:  # an SSE client gets an error event instead of a silent cut
+                    await asgi.send_event_error(
+                        send, UpstreamError("model server stopped mid-response"))
+                    return
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()

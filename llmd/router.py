@@ -51,11 +51,14 @@ class Router:
         if await asgi.handled_as_non_http(scope, receive, send):
             return
         started = time.perf_counter()
-        status = {"code": 0, "model": ""}
+        status: dict[str, Any] = {"code": 0, "model": "", "sse": False}
 
         async def tracked_send(message: asgi.Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["sse"] = any(k.lower() == b"content-type"
+                                    and v.startswith(b"text/event-stream")
+                                    for k, v in message.get("headers", []))
             await send(message)
 
         try:
@@ -63,9 +66,12 @@ class Router:
         except asgi.ClientGone:
             status["code"] = status["code"] or 499
         except LlmdError as error:
-            if status["code"]:
+            if status["sse"]:  # a stream cut short ends with an error event, not mid-air
+                await asgi.send_event_error(send, error)
+            elif status["code"]:
                 raise  # the response already started; nothing clean left to say
-            await asgi.send_error(tracked_send, error)
+            else:
+                await asgi.send_error(tracked_send, error)
         except Exception:  # a bug: say so in the documented format, keep serving
             log.exception("request %s %s failed", scope["method"], scope["path"])
             if status["code"]:

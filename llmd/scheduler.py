@@ -57,6 +57,7 @@ class Scheduler:
         self.loads = 0
         self.evictions = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
+        self.stopping = False  # set by end_requests(): llmd is shutting down
         self._nursery: trio.Nursery | None = None
         self._admission = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
         self._released = trio.Event()
@@ -118,7 +119,16 @@ class Scheduler:
                 self._released.set()
                 self._released = trio.Event()
         if scope.cancelled_caught:
-            raise ModelUnloaded(model.spec.name)
+            raise ModelUnloaded(model.spec.name,
+                                "stopped: llmd is shutting down" if self.stopping else
+                                "was unloaded")
+
+    def end_requests(self) -> None:
+        """Cancel every request in flight, for a shutdown that can wait no longer."""
+        self.stopping = True
+        for model in self.models.values():
+            for scope in list(model.lease_scopes):
+                scope.cancel()
 
     async def _until_loaded(self, model: Model, *, autoload: bool, keep: bool = False) -> None:
         attempt = None

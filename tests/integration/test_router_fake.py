@@ -230,3 +230,15 @@ def test_llmctl_logs_follow_prints_new_lines_across_restarts(fake_daemon):
         follower.wait(10)
     missing = d.llmctl("logs", "-f", "nosuch", check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_forced_unload_mid_stream_ends_the_stream_with_an_error_event(fake_daemon):
+    d = fake_daemon({"s.gguf": fake(tokens=1000, token_delay=0.05)})
+    with httpx.stream("POST", d.url + "/v1/chat/completions", timeout=60,
+                      json={"model": "s", "stream": True}) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        d.llmctl("unload", "--force", "s")
+        rest = [line for line in lines if line.startswith("data: ")]
+    error = json.loads(rest[-1][6:])["error"]
+    assert error["code"] == 503 and "was unloaded" in error["message"]
