@@ -108,3 +108,20 @@ def test_model_file_replaced_or_deleted_while_loaded(daemon, llama_server, tmp_p
     status = d.models()["listed"]["status"]
     assert status["failed"] and "does not exist" in status["reason"]
     assert d.http.get("/health").status_code == 200
+
+
+def test_child_exiting_at_once_on_bad_args_fails_the_model_with_its_output(
+        daemon, llama_server, tmp_path):
+    model = tiny_gguf.write(tmp_path / "t.gguf")
+    d = daemon({"llama_server": llama_server, "args": ARGS,
+                "models": {"bad": {"path": str(model), "args": ["--no-such-flag"]}}},
+               models={"good.gguf": model})
+    response = d.http.post("/v1/completions", json={"model": "bad", "prompt": "a"})
+    assert response.status_code == 503
+    assert "bad" in response.json()["error"]["message"]
+    status = d.models()["bad"]["status"]
+    assert status["failed"] and status["exit_code"] not in (0, None)
+    assert any("no-such-flag" in line for line in status["tail"])
+    good = d.http.post("/v1/completions", json={"model": "good", "prompt": "a",
+                                                "max_tokens": 2})
+    assert good.status_code == 200

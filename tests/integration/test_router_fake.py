@@ -242,3 +242,20 @@ def test_forced_unload_mid_stream_ends_the_stream_with_an_error_event(fake_daemo
         rest = [line for line in lines if line.startswith("data: ")]
     error = json.loads(rest[-1][6:])["error"]
     assert error["code"] == 503 and "was unloaded" in error["message"]
+
+
+def test_models_sse_streams_state_changes(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()})
+    seen: list[dict] = []
+    with httpx.stream("GET", d.url + "/models/sse", timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        next(lines)  # subscribed
+        threading.Thread(target=d.llmctl, args=("load", "a")).start()
+        for line in lines:
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if seen[-1]["data"].get("value") == "loaded":
+                    break
+    assert [e["model"] for e in seen] == ["a"] * len(seen)
+    assert seen[0]["data"]["value"] == "loading" and seen[-1]["data"]["value"] == "loaded"
