@@ -100,6 +100,7 @@ def _devices(scheduler: Scheduler) -> list[str]:
         lines += [f"# HELP llmd_device_memory_{metric}_bytes Memory {text}, per device.",
                   f"# TYPE llmd_device_memory_{metric}_bytes gauge"]
         for device in table:
-            lines.append(f'llmd_device_memory_{metric}_bytes{{device="{_label(str(device["id"]))}"}} '
+            label = _label(str(device["id"]))
+            lines.append(f'llmd_device_memory_{metric}_bytes{{device="{label}"}} '
                          f"{int(device[key]) << 20}")  # type: ignore[call-overload]
     return lines

@@ -40,7 +40,8 @@ def autoload_of(params: dict[str, str], default: bool) -> bool:
 class Router:
     """The ASGI app on the TCP listener."""
 
-    def __init__(self, config: Config, scheduler: Scheduler, proxy: Proxy, metrics: Metrics) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, proxy: Proxy,
+                 metrics: Metrics) -> None:
         self.config = config
         self.scheduler = scheduler
         self.proxy = proxy

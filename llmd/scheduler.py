@@ -11,9 +11,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from . import books, status
+from . import books, eviction, status
 from .download import DownloadError, Progress, parse_ref
 from .catalog import ModelSpec, file_identity, names
+from .events import Broker
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
 from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 
@@ -61,7 +62,7 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._admission = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
         self._released = trio.Event()
-        self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+        self.events = Broker()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery every model's supervisor runs in; on cancel, stop them all."""
@@ -375,14 +376,16 @@ class Scheduler:
                                 and self._running_count(model) >= self.models_max)
                         if not short and not over:
                             return
-                        victim = self._victim(model, short if not over else [])
+                        where = short if not over else []
+                        victim = eviction.victim(self.models.values(), model, where)
                         if victim is not None:
                             log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
                                      f"memory on {', '.join(short)}" if short else "models_max")
                             self.evictions += 1
                             await self._unload(victim)
                             continue
-                        busy = self._victim(model, short if not over else [], busy=True)
+                        busy = eviction.victim(self.models.values(), model, where,
+                                               busy=True)
                         if busy is not None:
                             # First come, first served: requests for the busy model that
                             # arrive from now on queue behind this load instead of keeping
@@ -425,17 +428,6 @@ class Scheduler:
 
     def _running_count(self, model: Model) -> int:
         return sum(1 for m in self.models.values() if m is not model and m.state in _RUNNING)
-
-    def _victim(self, model: Model, short: list[str], busy: bool = False) -> Model | None:
-        """The model to evict (idle, or with `busy` in use): lowest priority, then LRU.
-
-        A model that requests are waiting for is never one: it was loaded for them.
-        """
-        idle = [m for m in self.models.values()
-                if m is not model and m.state == LOADED and (busy or m.leases == 0)
-                and m.waiters == 0 and not m.spec.pin
-                and (not short or any(m.holding().get(d) for d in short))]
-        return min(idle, key=lambda m: (m.spec.priority, m.last_used), default=None)
 
     # ---- reload ---------------------------------------------------------------
 
@@ -501,20 +493,11 @@ class Scheduler:
                        "data": self.describe(model)["status"]})
 
     def _publish(self, event: dict[str, Any]) -> None:
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:  # a slow subscriber is dropped, never waited on
-                self._subscribers.discard(channel)
-                channel.close()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(channel)
+        self.events.publish(event)
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """A channel of state-change events; it is closed if its reader falls behind."""
-        send, receive = trio.open_memory_channel[dict[str, Any]](buffer)
-        self._subscribers.add(send)
-        return receive
+        return self.events.subscribe(buffer)
 
     def describe(self, model: Model) -> dict[str, Any]:
         """One model in the llama.cpp router's /models shape, plus llmd's own fields."""

@@ -49,7 +49,8 @@ def listen_fds(env: Mapping[str, str], pid: int | None = None) -> Activation:
     try:
         count = int(env["LISTEN_FDS"])
     except ValueError:
-        raise ActivationError(f"socket activation: LISTEN_FDS={env['LISTEN_FDS']!r} is not a number")
+        raise ActivationError(
+            f"socket activation: LISTEN_FDS={env['LISTEN_FDS']!r} is not a number")
     names = env.get("LISTEN_FDNAMES", "").split(":") if env.get("LISTEN_FDNAMES") else []
     sockets: dict[str, socket.socket] = {}
     for i in range(count):
