@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import httpx
 import trio
 
 from . import ports
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("llmd.child")
 
@@ -181,6 +183,8 @@ def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = ""
 
 async def wait_ready(child: Child, client: httpx.AsyncClient) -> None:
     """Return once the child's /health answers 200; raise ChildExited if it exits first."""
+    import httpx  # imported on first use: see proxy.Upstream
+
     delay = 0.005
     while True:
         if child.returncode is not None:

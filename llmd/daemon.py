@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
-import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -29,7 +28,7 @@ from .download import Hub
 from .estimate import Estimator
 from .memory import Devices
 from .metrics import Metrics
-from .proxy import Proxy, fresh_client, upstream_client
+from .proxy import Proxy, Upstream
 from .router import Router
 from .model import Handle, Launcher
 from .scheduler import Scheduler
@@ -148,7 +147,7 @@ def _server_config(fd: int, config: Config, limit: connections.Limit) -> hyperco
     return hc
 
 
-def make_launcher(config: Config, client: httpx.AsyncClient) -> Launcher:
+def make_launcher(config: Config, upstream: Upstream) -> Launcher:
     """The launcher that runs a real llama-server for a spec."""
 
     async def launch(spec: ModelSpec, on_ready: Callable[[Handle], None]) -> child.Exit:
@@ -156,7 +155,8 @@ def make_launcher(config: Config, client: httpx.AsyncClient) -> Launcher:
             return child.Exit(None, f"model file {spec.path} does not exist", [], False)
         return await child.serve(
             spec.name, [config.llama_server, *spec.child_args()], on_ready,
-            client=client, load_timeout=config.load_timeout, stop_timeout=config.stop_timeout,
+            client=upstream.pooled, load_timeout=config.load_timeout,
+            stop_timeout=config.stop_timeout,
             log_lines=config.log_lines, cache_dir=config.cache_dir)
 
     return launch
@@ -287,16 +287,16 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
     shutdown = trio.Event()
     with _control_socket(config, activation) as control_sock, \
             _router_socket(config, activation) as router_sock:
-        async with upstream_client() as client, fresh_client() as fresh:
+        async with Upstream() as upstream:
             hub = None if config.offline else Hub(None, config.hf_endpoint,
                                                   Path(config.hub_cache), config.hf_token)
-            scheduler = Scheduler(specs, make_launcher(config, client),
+            scheduler = Scheduler(specs, make_launcher(config, upstream),
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
                                   hub=hub, default_args=config.args,
                                   allow_pull=config.allow_pull, **memory_accounting(config))
             limits = {app: connections.Limit(config.max_connections or 1 << 30)
                       for app in ("router", "control")}
-            router = Router(config, scheduler, Proxy(client, fresh),
+            router = Router(config, scheduler, Proxy(upstream),
                             Metrics(connections=limits["router"]))
             control = Control(config, scheduler)
             reloader = Reloader(load, config, scheduler, [router, control])

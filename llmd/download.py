@@ -9,9 +9,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import trio
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("llmd.download")
 
@@ -153,6 +156,8 @@ class Hub:
     def client(self) -> httpx.AsyncClient:
         """The hub's HTTP client, made on first use: its TLS context takes ~50 ms to build."""
         if self._client is None:
+            import httpx  # imported on first use: see proxy.Upstream
+
             # A stalled hub must not hang a download forever; a slow one may take its time.
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=120))
         return self._client
@@ -169,6 +174,8 @@ class Hub:
 
     async def resolve(self, ref: str) -> Resolved:
         """Ask the hub which files `owner/repo:QUANT` is, at the current commit of main."""
+        import httpx
+
         repo, quant = parse_ref(ref)
         url = f"{self.endpoint}/api/models/{repo}/revision/main"
         try:
@@ -206,6 +213,8 @@ class Hub:
 
     async def _fetch_file(self, resolved: Resolved, f: HubFile, base: Path, snapshot: Path,
                           progress: Progress) -> None:
+        import httpx
+
         if not f.sha256:
             raise DownloadError(f"hub gives no sha256 for {f.name}; refusing an unverifiable file")
         blobs = base / "blobs"

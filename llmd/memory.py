@@ -115,8 +115,15 @@ class Devices:
                  nvml: Nvml | None = None, meminfo: str = "/proc/meminfo") -> None:
         self.margin_mib = margin_mib
         self.margins = dict(margins or {})
-        self.nvml = nvml if nvml is not None else Nvml()
+        self._nvml = nvml
         self.meminfo = meminfo
+
+    @property
+    def nvml(self) -> Nvml:
+        """The GPUs, looked for on first use: pynvml finding no driver takes ~40 ms."""
+        if self._nvml is None:
+            self._nvml = Nvml()
+        return self._nvml
 
     def _margin(self, device_id: str) -> int:
         return self.margins.get(device_id, self.margin_mib)
