@@ -259,3 +259,24 @@ def test_models_sse_streams_state_changes(fake_daemon):
                     break
     assert [e["model"] for e in seen] == ["a"] * len(seen)
     assert seen[0]["data"]["value"] == "loading" and seen[-1]["data"]["value"] == "loaded"
+
+
+def test_llmctl_events_prints_state_changes_as_json_lines(fake_daemon):
+    d = fake_daemon({"a.gguf": fake()})
+    follower = subprocess.Popen([sys.executable, "-m", "llmctl", "--socket", d.socket,
+                                 "events"], stdout=subprocess.PIPE, text=True)
+    try:
+        events: list[dict] = []
+
+        def read() -> None:
+            for line in follower.stdout:
+                events.append(json.loads(line))
+
+        threading.Thread(target=read, daemon=True).start()
+        wait_until(lambda: d.llmctl("load", "a") and events, 10, "the first event")
+        wait_until(lambda: any(e["data"].get("value") == "loaded" for e in events), 10,
+                   "the loaded event")
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    assert all(e["model"] == "a" and e["event"] == "status_change" for e in events)
