@@ -4,7 +4,8 @@ hypercorn has no connection limit and no hook per connection, so llmd wraps the 
 place it starts serving one (`hypercorn.trio.run.TCPServer`). A listener's limit rides
 on its hypercorn Config; a connection over it gets a JSON 503 and is closed at once,
 before any of it is parsed. The wrapper also closes a connection as soon as its client
-has gone, which hypercorn 0.17 only does after keep_alive_timeout.
+has gone, which hypercorn 0.17 only does after keep_alive_timeout. And a request h11
+cannot parse gets the documented JSON error body instead of an empty one.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import h11
+import hypercorn.protocol.h11 as _hypercorn_h11
 import hypercorn.trio.run as _hypercorn_run
 import trio
 
 from . import peercred
-from .errors import Unavailable
+from .errors import LlmdError, Unavailable
 
 
 @dataclass
@@ -49,6 +52,26 @@ async def _refuse(stream: Any, most: int) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await stream.aclose()
+
+
+class MalformedRequest(LlmdError):
+    """What h11 could not parse: bad framing, bad headers, too long a head."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int) -> None:
+        super().__init__("malformed HTTP request")
+        self.status = status
+
+
+async def _send_error_response(self: Any, status_code: int) -> None:
+    body = json.dumps(MalformedRequest(status_code).body()).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+               *self.config.response_headers("h11")]
+    await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+    await self._send_h11_event(h11.Data(data=body))
+    await self._send_h11_event(h11.EndOfMessage())
 
 
 def install() -> None:
@@ -87,3 +110,4 @@ def install() -> None:
 
     serve_connection._llmd_connections = True  # type: ignore[attr-defined]
     _hypercorn_run.TCPServer = serve_connection  # type: ignore[assignment]
+    _hypercorn_h11.H11Protocol._send_error_response = _send_error_response  # type: ignore
