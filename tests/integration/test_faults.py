@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -23,15 +24,16 @@ pytestmark = pytest.mark.real
 ARGS = ["--ctx-size", "2048", "--threads", "2", "--parallel", "2"]
 
 
-def stream(d, model: str, tokens: int, first: threading.Event, out: list[str]) -> None:
-    """Read one streamed completion into `out`, setting `first` at its first data line."""
+def stream(d, model: str, tokens: int, first: threading.Event,
+           out: list[tuple[float, str]]) -> None:
+    """Read one streamed completion into `out` as (arrival, data), setting `first` early."""
     body = {"model": model, "prompt": "Once upon a time", "max_tokens": tokens,
             "temperature": 0, "stream": True}
     with httpx.Client(base_url=d.url, timeout=120) as c:
         with c.stream("POST", "/v1/completions", json=body) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
-                    out.append(line[6:])
+                    out.append((time.monotonic(), line[6:]))
                     first.set()
     first.set()
 
@@ -41,32 +43,35 @@ def test_child_killed_mid_stream_ends_that_stream_cleanly_and_others_go_on(
     tiny = tiny_gguf.write(tmp_path / "tiny.gguf", layers=2, width=256)
     d = daemon({"llama_server": llama_server, "args": ARGS},
                models={"gemma.gguf": gemma, "tiny.gguf": tiny})
+    d.llmctl("load", "tiny")
     other_first, victim_first = threading.Event(), threading.Event()
-    other: list[str] = []
-    victim: list[str] = []
-    threads = [threading.Thread(target=stream, args=(d, "tiny", 1500, other_first, other)),
-               threading.Thread(target=stream, args=(d, "gemma", 400, victim_first, victim))]
+    other: list[tuple[float, str]] = []
+    victim: list[tuple[float, str]] = []
+    threads = [threading.Thread(target=stream, args=(d, "gemma", 300, other_first, other)),
+               threading.Thread(target=stream, args=(d, "tiny", 4000, victim_first, victim))]
     threads[0].start()
     assert other_first.wait(60)
     threads[1].start()
     assert victim_first.wait(60)
-    pid = d.models()["gemma"]["pid"]
+    pid = d.models()["tiny"]["pid"]
     os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
     for t in threads:
         t.join(120)
     # The victim's stream ends with an error event, not a silent cut or a hang.
-    error = json.loads(victim[-1])["error"]
+    error = json.loads(victim[-1][1])["error"]
     assert error["code"] == 502 and "stopped" in error["message"]
-    assert "[DONE]" not in victim
-    # The other model's stream was untouched.
-    assert other[-1] == "[DONE]" and not any('"error"' in line for line in other)
-    wait_until(lambda: d.models()["gemma"]["state"] == "unloaded", 10, "gemma to be unloaded")
-    assert d.models()["gemma"]["status"]["exit_code"] == -signal.SIGKILL
+    assert "[DONE]" not in [data for _, data in victim]
+    # The other model's stream went on after the kill, to its end.
+    assert other[-1][1] == "[DONE]" and not any('"error"' in data for _, data in other)
+    assert other[-2][0] > killed
+    wait_until(lambda: d.models()["tiny"]["state"] == "unloaded", 10, "tiny to be unloaded")
+    assert d.models()["tiny"]["status"]["exit_code"] == -signal.SIGKILL
     # The next request loads it again.
-    again = d.http.post("/v1/completions", json={"model": "gemma", "prompt": "Hi",
+    again = d.http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi",
                                                  "max_tokens": 2})
     assert again.status_code == 200
-    assert d.models()["gemma"]["pid"] not in (None, pid)
+    assert d.models()["tiny"]["pid"] not in (None, pid)
 
 
 def test_model_file_replaced_or_deleted_while_loaded(daemon, llama_server, tmp_path):
