@@ -194,7 +194,8 @@ class Reloader:
         except ConfigError as exc:
             log.error("reload failed; keeping the running configuration: %s", exc)
             raise
-        for key in ("listen", "control_socket", "control_socket_mode", "control_group"):
+        for key in ("listen", "control_socket", "control_socket_mode", "control_group",
+                    "header_timeout", "max_connections", "shutdown_timeout"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed; it takes effect when llmd restarts", key)
         result = self.scheduler.update(specs, models_max=config.models_max,
