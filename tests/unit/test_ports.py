@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from llmd import ports
 
@@ -29,3 +30,23 @@ def test_a_listener_of_our_own_group_is_held_and_another_groups_is_not():
 def test_a_free_port_is_not_taken():
     port = ports.free_port()
     assert not ports.taken(port)
+
+
+def test_a_listener_held_by_a_forked_member_of_the_group_counts(tmp_path):
+    # An operator's wrapper script may fork llama-server instead of exec'ing it.
+    port = ports.free_port()
+    ready = tmp_path / "ready"
+    server = (f"import socket, time, pathlib; s = socket.socket(); "
+              f"s.bind(('127.0.0.1', {port})); s.listen(); "
+              f"pathlib.Path({str(ready)!r}).touch(); time.sleep(30)")
+    wrapper = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "{server}" & wait'],
+                               start_new_session=True)
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            time.sleep(0.02)
+        assert ports.held_by(wrapper.pid, port)
+    finally:
+        os.killpg(wrapper.pid, 9)
+        wrapper.wait()
