@@ -134,8 +134,7 @@ class Control:
 
     def _logs(self, params: dict[str, str]) -> dict[str, Any]:
         model, lines = self._logs_of(params)
-        tail = model.handle.tail(lines) if model.handle else model.output[-lines:]
-        return {"model": model.spec.name, "lines": tail[-lines:] if lines else []}
+        return {"model": model.spec.name, "lines": follow.tail(model, lines)}
 
     async def _follow(self, receive: Receive, send: Send, params: dict[str, str]) -> None:
         model, lines = self._logs_of(params)

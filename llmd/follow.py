@@ -19,13 +19,19 @@ async def _first(*waits: Callable[[], Awaitable[Any]]) -> None:
             nursery.start_soon(one)
 
 
+def tail(model: Model, n: int) -> list[str]:
+    """The last `n` lines of the model's running child, or of its last one."""
+    if n <= 0:  # a [-0:] slice would be everything
+        return []
+    return model.handle.tail(n) if model.handle else model.output[-n:]
+
+
 async def lines(model: Model, last: int, out: trio.MemorySendChannel[dict[str, Any]]) -> None:
     """Send the model's last `last` lines, then every new one, until cancelled."""
     name = model.spec.name
     async with out:
         handle = model.handle
-        shown = (handle.tail(last) if handle else model.output[-last:]) if last else []
-        for line in shown:
+        for line in tail(model, last):
             await out.send({"model": name, "line": line})
         seen = handle.lines_total if handle else 0
         while True:
