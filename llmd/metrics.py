@@ -48,19 +48,14 @@ class Metrics:
             lines.append(f'llmd_request_duration_seconds_bucket{{le="{bound}"}} {cumulative}')
         lines.append(f"llmd_request_duration_seconds_sum {self.latency_sum}")
         lines.append(f"llmd_request_duration_seconds_count {cumulative}")
-        lines += ["# HELP llmd_model_loaded Whether a model is loaded (1) or not (0).",
-                  "# TYPE llmd_model_loaded gauge"]
-        for name, model in scheduler.models.items():
-            lines.append(f'llmd_model_loaded{{model="{_label(name)}"}} '
-                         f'{int(model.state == "loaded")}')
-        lines += ["# HELP llmd_model_leases Requests in flight per model.",
-                  "# TYPE llmd_model_leases gauge"]
-        for name, model in scheduler.models.items():
-            lines.append(f'llmd_model_leases{{model="{_label(name)}"}} {model.leases}')
-        lines += ["# HELP llmd_model_waiters Requests waiting for a model to be loaded.",
-                  "# TYPE llmd_model_waiters gauge"]
-        for name, model in scheduler.models.items():
-            lines.append(f'llmd_model_waiters{{model="{_label(name)}"}} {model.waiters}')
+        for metric, text, value in (
+                ("loaded", "Whether a model is loaded (1) or not (0).",
+                 lambda m: int(m.state == "loaded")),
+                ("leases", "Requests in flight per model.", lambda m: m.leases),
+                ("waiters", "Requests waiting for a model to be loaded.", lambda m: m.waiters)):
+            lines += [f"# HELP llmd_model_{metric} {text}", f"# TYPE llmd_model_{metric} gauge"]
+            lines += [f'llmd_model_{metric}{{model="{_label(name)}"}} {value(model)}'
+                      for name, model in scheduler.models.items()]
         models = scheduler.models.values()
         lines += ["# HELP llmd_in_flight Requests being served by children.",
                   "# TYPE llmd_in_flight gauge", f"llmd_in_flight {sum(m.leases for m in models)}",
