@@ -338,7 +338,7 @@ class Scheduler:
         while True:
             await trio.sleep(0.5)
             p = model.progress
-            self._publish({"model": model.spec.name, "event": "download_progress",
+            self.events.publish({"model": model.spec.name, "event": "download_progress",
                            "data": {"done": p.done, "total": p.total,
                                     "rate": round(p.rate(trio.current_time()))}})
 
@@ -441,12 +441,13 @@ class Scheduler:
             if model is None:
                 self.models[name] = Model(spec)
                 added.append(name)
-            elif model.spec != spec or self._file_replaced(model, spec):
-                # A file replaced or deleted under a running child: the next run must use
-                # what is there now (or fail saying it is gone), not what was mapped.
+                continue
+            # A file replaced or deleted under a running child: the next run must use what
+            # is there now (or fail saying it is gone), not what was mapped.
+            replaced = self._file_replaced(model, spec)
+            if model.spec != spec or replaced:
                 restart = model.state != UNLOADED and (
-                    model.spec.child_args() != spec.child_args()
-                    or self._file_replaced(model, spec))
+                    replaced or model.spec.child_args() != spec.child_args())
                 model.spec = spec
                 changed.append(name)
                 if restart:
@@ -458,7 +459,7 @@ class Scheduler:
         # Retired models can no longer be named by new requests; pulled ones stay.
         self._names = names(specs) | {n: n for n, m in self.models.items()
                                       if m.spec.source == "pull"}
-        self._publish({"model": "*", "event": "models_reload",
+        self.events.publish({"model": "*", "event": "models_reload",
                        "data": {"added": added, "removed": removed, "changed": changed}})
         return {"added": added, "removed": removed, "changed": changed}
 
@@ -489,11 +490,8 @@ class Scheduler:
             model.evicting = False
             self._released.set()
             self._released = trio.Event()
-        self._publish({"model": model.spec.name, "event": "status_change",
+        self.events.publish({"model": model.spec.name, "event": "status_change",
                        "data": self.describe(model)["status"]})
-
-    def _publish(self, event: dict[str, Any]) -> None:
-        self.events.publish(event)
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """A channel of state-change events; it is closed if its reader falls behind."""
