@@ -44,7 +44,7 @@ def check_framing(scope: Scope) -> None:
                          headers={"connection": "close"})
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float = 60) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float) -> bytes:
     """The whole request body; BodyTooLarge past `limit` bytes, RequestTimeout past `timeout`."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -20,7 +20,7 @@ import hypercorn.trio.run as _hypercorn_run
 import trio
 
 from . import peercred
-from .errors import LlmdError, Unavailable
+from .errors import MalformedRequest, Unavailable
 
 
 @dataclass
@@ -52,16 +52,6 @@ async def _refuse(stream: Any, most: int) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await stream.aclose()
-
-
-class MalformedRequest(LlmdError):
-    """What h11 could not parse: bad framing, bad headers, too long a head."""
-
-    type = "invalid_request_error"
-
-    def __init__(self, status: int) -> None:
-        super().__init__("malformed HTTP request")
-        self.status = status
 
 
 async def _send_error_response(self: Any, status_code: int) -> None:

@@ -58,6 +58,16 @@ class BodyTooLarge(LlmdError):
     type = "invalid_request_error"
 
 
+class MalformedRequest(LlmdError):
+    """What h11 could not parse: bad framing, bad headers, too long a head."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int) -> None:
+        super().__init__("malformed HTTP request")
+        self.status = status
+
+
 class RequestTimeout(LlmdError):
     """The client took longer than body_timeout to send its request body."""
 
