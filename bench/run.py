@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmd.config import resolve_llama_server  # noqa: E402
-from tests.helpers import free_port, gemma_file, wait_until  # noqa: E402
+from tests.helpers import free_port, gemma_file, healthy, wait_until  # noqa: E402
 
 import scale  # noqa: E402
 import startup  # noqa: E402
@@ -97,7 +97,7 @@ def start_direct(server: str, model: Path) -> Target:
     proc = subprocess.Popen([server, "--model", str(model), "--alias", "gemma", "--port", str(port),
                              *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t = Target("direct", f"http://127.0.0.1:{port}", "gemma", [proc])
-    wait_until(lambda: _ok(t, "/health"), 120, "direct llama-server")
+    wait_until(lambda: healthy(t.url), 120, "direct llama-server")
     return t
 
 
@@ -107,7 +107,7 @@ def start_router(server: str, models: Path, models_max: int = 4) -> Target:
                              "--port", str(port), *ARGS],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t = Target("router", f"http://127.0.0.1:{port}", "gemma", [proc])
-    wait_until(lambda: _ok(t, "/health"), 120, "llama.cpp router")
+    wait_until(lambda: healthy(t.url), 120, "llama.cpp router")
     return t
 
 
@@ -122,15 +122,8 @@ def start_llmd(server: str, models: Path, tmp: Path, models_max: int = 4) -> Tar
                              "--log-level", "warning"], stderr=subprocess.DEVNULL)
     t = Target("llmd", f"http://127.0.0.1:{port}", "gemma", [proc])
     t.socket = str(tmp / f"llmd-{port}.sock")  # type: ignore[attr-defined]
-    wait_until(lambda: _ok(t, "/health"), 60, "llmd")
+    wait_until(lambda: healthy(t.url), 60, "llmd")
     return t
-
-
-def _ok(t: Target, path: str) -> bool:
-    try:
-        return t.http.get(path, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def sequential(t: Target, n: int = 20) -> list[float]:

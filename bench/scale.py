@@ -26,18 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmd import catalog, config  # noqa: E402
-from tests.helpers import FAKE_SERVER, free_port, wait_until  # noqa: E402
+from tests import load  # noqa: E402
+from tests.helpers import FAKE_SERVER, free_port, healthy, wait_until  # noqa: E402
 
 STREAMS = 1000
 TOKENS, TOKEN_DELAY = 12, 1.0  # each stream lasts ~12 s: one chunk a second per client
 MODELS = 2000
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -55,14 +49,7 @@ def _start(tmp: Path, models: Path, server: str) -> tuple[subprocess.Popen, str,
     proc = subprocess.Popen([sys.executable, "-m", "llmd", "--config", str(config),
                              "--log-level", "warning"], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, 60, "llmd")
+    wait_until(lambda: healthy(url), 60, "llmd")
     return proc, url, port
 
 
@@ -104,7 +91,7 @@ def streams(tmp: Path) -> dict[str, list[float]]:
     try:
         httpx.post(url + "/v1/chat/completions", timeout=60,  # load the model first
                    json={"model": "slow", "messages": [], "max_tokens": 1}).raise_for_status()
-        base_rss = _rss_mib(proc.pid)
+        base_rss = load.rss_mib(proc.pid)
         started: list[float] = []
         finished: list[bool] = []
         peak = [base_rss]
@@ -118,7 +105,7 @@ def streams(tmp: Path) -> dict[str, list[float]]:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_hold_streams, port, started, finished)
                 while len(finished) < STREAMS:
-                    peak.append(_rss_mib(proc.pid))
+                    peak.append(load.rss_mib(proc.pid))
                     await trio.sleep(0.25)
                 nursery.cancel_scope.cancel()
 

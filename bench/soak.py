@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from llmd.config import resolve_llama_server  # noqa: E402
 from tests import load  # noqa: E402
 from tests.fakes import tiny_gguf  # noqa: E402
-from tests.helpers import free_port, pid_alive, wait_until  # noqa: E402
+from tests.helpers import free_port, healthy, pid_alive, wait_until  # noqa: E402
 
 MODELS = ["red", "green", "blue"]
 CLIENTS = 200
@@ -53,7 +53,7 @@ def main(seconds: float) -> None:
                              "--log-level", "warning"], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _up(url), 60, "llmd")
+        wait_until(lambda: healthy(url), 60, "llmd")
         for m in MODELS:
             httpx.post(url + "/v1/completions", timeout=120,
                        json={"model": m, "prompt": "a", "max_tokens": 1}).raise_for_status()
@@ -89,13 +89,6 @@ def main(seconds: float) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     (ROOT / "bench" / "soak.md").write_text(text)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 if __name__ == "__main__":

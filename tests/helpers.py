@@ -36,6 +36,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def healthy(url: str) -> bool:
+    """Whether the server at `url` answers GET /health with 200 (harness only)."""
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy (test harness only)."""
     deadline = time.monotonic() + timeout

@@ -40,8 +40,8 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def children_of(pid: int, name: str = "llama-server") -> list[int]:
-    """The pids of processes called `name` whose parent is `pid`."""
+def children_of(pid: int, name: str | None = "llama-server") -> list[int]:
+    """The pids of processes called `name` (any, with None) whose parent is `pid`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -50,7 +50,7 @@ def children_of(pid: int, name: str = "llama-server") -> list[int]:
             except OSError:
                 continue
             comm, rest = stat.split(" (", 1)[1].rsplit(")", 1)
-            if comm == name and int(rest.split()[1]) == pid:
+            if name in (None, comm) and int(rest.split()[1]) == pid:
                 found.append(int(entry.name))
     return found
 

@@ -18,7 +18,7 @@ import trio
 
 from llmd import child, ports
 from tests.fakes import tiny_gguf
-from tests.helpers import FAKE_SERVER, wait_until
+from tests.helpers import FAKE_SERVER, healthy, wait_until
 
 pytestmark = pytest.mark.real
 
@@ -31,14 +31,7 @@ def squatter(tmp_path: Path):
     port = ports.free_port()
     proc = subprocess.Popen([sys.executable, str(FAKE_SERVER), "--model", str(behaviour),
                              "--port", str(port)], stdout=subprocess.DEVNULL)
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, 30, "squatter")
+    wait_until(lambda: healthy(f"http://127.0.0.1:{port}"), 30, "squatter")
     yield port
     proc.kill()
     proc.wait()

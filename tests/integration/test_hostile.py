@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import load
 from tests.helpers import FAKE_SERVER, Llmd
 
 HOSTILE_NAMES = ["../../etc/passwd", "/etc/passwd", "m\x00", "m; rm -rf /", "$(reboot)",
@@ -43,14 +44,12 @@ def llmd(tmp_path_factory) -> Llmd:
 def children(d: Llmd) -> list[list[str]]:
     """The command lines of llmd's child processes."""
     found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in load.children_of(d.proc.pid, name=None):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == d.proc.pid:
-            found.append([a.decode(errors="replace") for a in argv])
+        found.append([a.decode(errors="replace") for a in argv])
     return found
 
 

@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -46,6 +48,23 @@ def stop(proc: subprocess.Popen) -> int:
     return proc.wait(30)
 
 
+@contextmanager
+def activated(config: Path, ctl: str, *listeners: str) -> Iterator[None]:
+    """llmd under systemd-socket-activate with `listeners` (its -l and --fdname
+    arguments), once the control socket `ctl` is there; it must exit 0 when stopped."""
+    proc = subprocess.Popen([ACTIVATE, *listeners, *llmd_cmd(config)])
+    try:
+        wait_until(lambda: os.path.exists(ctl), 10, "the activation socket")
+        yield
+    finally:
+        assert stop(proc) == 0
+
+
+def llmctl(ctl: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmctl", "--socket", ctl, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
 @needs_activate
 def test_first_request_on_an_activated_tcp_socket_is_served(tmp_path):
     config = write_config(tmp_path)
@@ -66,20 +85,14 @@ def test_first_request_on_an_activated_tcp_socket_is_served(tmp_path):
 def test_both_listeners_passed_by_name(tmp_path):
     config = write_config(tmp_path)
     port, ctl = free_port(), str(tmp_path / "activated.sock")
-    proc = subprocess.Popen([ACTIVATE, "-l", f"127.0.0.1:{port}", "-l", ctl,
-                             "--fdname=http:control", *llmd_cmd(config)])
-    try:
-        wait_until(lambda: os.path.exists(ctl), 10, "the activation socket")
-        result = subprocess.run([sys.executable, "-m", "llmctl", "--socket", ctl, "status",
-                                 "--json"], capture_output=True, text=True, timeout=60)
+    with activated(config, ctl, "-l", f"127.0.0.1:{port}", "-l", ctl, "--fdname=http:control"):
+        result = llmctl(ctl, "status", "--json")
         assert result.returncode == 0, result.stderr
         status = json.loads(result.stdout)
         assert status["models"] == 1
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
         # llmd did not bind its configured control socket: systemd's one is used instead.
         assert not (tmp_path / "ctl.sock").exists()
-    finally:
-        assert stop(proc) == 0
     assert os.path.exists(ctl)  # systemd's socket is systemd's to remove
 
 
@@ -87,15 +100,9 @@ def test_both_listeners_passed_by_name(tmp_path):
 def test_only_control_passed_and_router_bound_by_llmd(tmp_path):
     config = write_config(tmp_path)
     ctl = str(tmp_path / "activated.sock")
-    proc = subprocess.Popen([ACTIVATE, "-l", ctl, "--fdname=control", *llmd_cmd(config)])
-    try:
-        wait_until(lambda: os.path.exists(ctl), 10, "the activation socket")
-        result = subprocess.run([sys.executable, "-m", "llmctl", "--socket", ctl, "status",
-                                 "--json"], capture_output=True, text=True, timeout=60)
-        listen = json.loads(result.stdout)["listen"]
+    with activated(config, ctl, "-l", ctl, "--fdname=control"):
+        listen = json.loads(llmctl(ctl, "status", "--json").stdout)["listen"]
         assert httpx.get(f"http://{listen}/health", timeout=10).status_code == 200
-    finally:
-        assert stop(proc) == 0
 
 
 @needs_activate
@@ -128,16 +135,10 @@ def test_one_socket_unit_with_both_listeners_is_split_by_family(tmp_path):
     # systemd names every fd of one .socket unit alike (here "llmd"), as llmd.socket does.
     config = write_config(tmp_path)
     port, ctl = free_port(), str(tmp_path / "activated.sock")
-    proc = subprocess.Popen([ACTIVATE, "-l", f"127.0.0.1:{port}", "-l", ctl,
-                             "--fdname=llmd:llmd", *llmd_cmd(config)])
-    try:
-        wait_until(lambda: os.path.exists(ctl), 10, "the activation socket")
-        result = subprocess.run([sys.executable, "-m", "llmctl", "--socket", ctl, "ps"],
-                                capture_output=True, text=True, timeout=60)
+    with activated(config, ctl, "-l", f"127.0.0.1:{port}", "-l", ctl, "--fdname=llmd:llmd"):
+        result = llmctl(ctl, "ps")
         assert result.returncode == 0 and "a " in result.stdout
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
-    finally:
-        assert stop(proc) == 0
 
 
 @pytest.mark.parametrize("abstract", [False, True])
