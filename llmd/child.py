@@ -9,14 +9,12 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import trio
 
 from . import ports
-
-if TYPE_CHECKING:
-    import httpx
+from .upstream import Upstream, UpstreamBroken
 
 log = logging.getLogger("llmd.child")
 
@@ -181,21 +179,31 @@ def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = ""
     return Child(name, popen, port, log_lines, read_fd)
 
 
-async def wait_ready(child: Child, client: httpx.AsyncClient) -> None:
-    """Return once the child's /health answers 200; raise ChildExited if it exits first."""
-    import httpx  # imported on first use: see proxy.Upstream
+async def healthy(upstream: Upstream, base_url: str) -> bool:
+    """Whether GET /health at `base_url` answers 200 within 5 s."""
+    with trio.move_on_after(5):
+        try:
+            response = await upstream.request("GET", base_url, "/health", (), b"")
+            try:
+                while await response.read():
+                    pass
+            finally:
+                response.close()
+            return response.status == 200
+        except UpstreamBroken:
+            pass
+    return False
 
+
+async def wait_ready(child: Child, upstream: Upstream) -> None:
+    """Return once the child's /health answers 200; raise ChildExited if it exits first."""
     delay = 0.005
     while True:
         if child.returncode is not None:
             raise ChildExited(child.returncode, child.tail())
-        try:
-            response = await client.get(f"{child.base_url}/health", timeout=5)
-            # A 200 from a process that took the child's port is not the child's.
-            if response.status_code == 200 and ports.held_by(child.pid, child.port):
-                return
-        except httpx.TransportError:
-            pass
+        # A 200 from a process that took the child's port is not the child's.
+        if await healthy(upstream, child.base_url) and ports.held_by(child.pid, child.port):
+            return
         # Any new output line (e.g. "model loaded") is the likeliest moment to be ready.
         with trio.move_on_after(delay):
             await child.wait_activity()
@@ -220,7 +228,7 @@ async def serve(
     argv: Sequence[str],
     on_ready: Callable[[Child], None],
     *,
-    client: httpx.AsyncClient,
+    upstream: Upstream,
     load_timeout: float,
     stop_timeout: float,
     log_lines: int,
@@ -232,7 +240,7 @@ async def serve(
             child = spawn(name, argv, log_lines=log_lines, cache_dir=cache_dir)
         except OSError as exc:
             return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
-        ended = await _run(child, on_ready, client=client, load_timeout=load_timeout,
+        ended = await _run(child, on_ready, upstream=upstream, load_timeout=load_timeout,
                            stop_timeout=stop_timeout)
         if ended.ready or ended.code is None or not ports.taken(child.port):
             return ended
@@ -241,13 +249,13 @@ async def serve(
     return ended
 
 
-async def _run(child: Child, on_ready: Callable[[Child], None], *, client: httpx.AsyncClient,
+async def _run(child: Child, on_ready: Callable[[Child], None], *, upstream: Upstream,
                load_timeout: float, stop_timeout: float) -> Exit:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(child.supervise, stop_timeout)
         try:
             with trio.fail_after(load_timeout):
-                await wait_ready(child, client)
+                await wait_ready(child, upstream)
         except trio.TooSlowError:
             nursery.cancel_scope.cancel()  # supervise() stops the child before we return
             return Exit(None, f"not ready after {load_timeout:g}s (load_timeout)",

@@ -4,20 +4,25 @@ hypercorn has no connection limit and no hook per connection, so llmd wraps the 
 place it starts serving one (`hypercorn.trio.run.TCPServer`). A listener's limit rides
 on its hypercorn Config; a connection over it gets a JSON 503 and is closed at once,
 before any of it is parsed. The wrapper also closes a connection as soon as its client
-has gone, which hypercorn 0.17 only does after keep_alive_timeout. And a request h11
+has gone, which hypercorn 0.17 only does after keep_alive_timeout; and it keeps that
+keep-alive timer as one task per connection instead of one per request. A request h11
 cannot parse gets the documented JSON error body instead of an empty one.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from typing import Any
+from math import inf
+from typing import Any, Awaitable, Callable
 
 import h11
+import hypercorn.config
 import hypercorn.protocol.h11 as _hypercorn_h11
 import hypercorn.trio.run as _hypercorn_run
 import trio
+from hypercorn.events import RawData
 
 from . import peercred
 from .errors import MalformedRequest, Unavailable
@@ -35,6 +40,20 @@ class Limit:
 def set_limit(config: Any, limit: Limit) -> None:
     """Give a hypercorn Config's listener `limit`."""
     config.llmd_limit = limit
+
+
+class ServerConfig(hypercorn.config.Config):  # type: ignore[misc]
+    """hypercorn's Config, with the headers it adds to every response made once a second."""
+
+    _made: tuple[float, str, list[tuple[bytes, bytes]]] = (0.0, "", [])
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        second = time.time() // 1  # the Date header's resolution
+        when, made_for, headers = self._made
+        if when != second or made_for != protocol:
+            headers = super().response_headers(protocol)
+            self._made = (second, protocol, headers)
+        return list(headers)
 
 
 def _refusal(most: int) -> bytes:
@@ -64,17 +83,85 @@ async def _send_error_response(self: Any, status_code: int) -> None:
     await self._send_h11_event(h11.EndOfMessage())
 
 
+class IdleTimer:
+    """hypercorn's keep-alive timer for one connection: one task whose deadline moves.
+
+    hypercorn starts a fresh task (nursery.start, a scheduling round trip) each time a
+    connection goes idle and cancels it when the next request comes: two task switches
+    and a lock per request. Here going idle or busy only moves a deadline.
+    """
+
+    def __init__(self, timeout: float, terminated: Any,
+                 close: Callable[[], Awaitable[None]]) -> None:
+        self.timeout = timeout
+        self._terminated = terminated  # set when the server shuts down: idle ones close
+        self._close = close
+        self._idle = False
+        self._scope: trio.CancelScope | None = None  # the wait, while idle
+        self._went_idle = trio.Event()
+        self._task: trio.CancelScope | None = None
+
+    async def restart(self, task_group: Any, action: object) -> None:
+        """The connection is idle: close it after `timeout` unless a request comes."""
+        self._idle = True
+        if self._scope is not None:
+            self._scope.deadline = trio.current_time() + self.timeout
+        self._went_idle.set()
+        if self._task is None:
+            self._task = trio.CancelScope()
+            task_group._nursery.start_soon(self._run)
+
+    async def stop(self) -> None:
+        """A request is being served: no keep-alive deadline until it is done."""
+        self._idle = False
+        if self._scope is not None:
+            self._scope.deadline = inf
+
+    def cancel(self) -> None:
+        """The connection is closing: end the timer's task."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        assert self._task is not None
+        with self._task:
+            while True:
+                if not self._idle:
+                    self._went_idle = trio.Event()
+                    await self._went_idle.wait()
+                    continue
+                with trio.CancelScope(deadline=trio.current_time() + self.timeout) as scope:
+                    self._scope = scope
+                    await self._terminated.wait()
+                self._scope = None
+                if self._idle:  # the deadline passed, or the server is shutting down
+                    with trio.CancelScope(shield=True):
+                        await self._close()
+                    return
+
+
 def install() -> None:
     """Make hypercorn check the limit and record the peer of each connection (idempotent)."""
     if getattr(_hypercorn_run.TCPServer, "_llmd_connections", False):
         return
 
     class Connection(_hypercorn_run.TCPServer):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.idle_task = IdleTimer(self.config.keep_alive_timeout,
+                                       self.context.terminated, self._initiate_server_close)
+
+        async def protocol_send(self, event: Any) -> None:
+            # h11 ends a Content-Length body with no bytes: no lock, no send for those.
+            if type(event) is RawData and not event.data:
+                return
+            await super().protocol_send(event)
+
         async def _read_data(self) -> None:
             await super()._read_data()
             # hypercorn leaves its keep-alive timer running after the client has gone,
             # and its nursery waits for it: the socket would stay open that long.
-            await self.idle_task.stop()
+            self.idle_task.cancel()
 
     def serve_connection(app: Any, config: Any, context: Any, state: Any, stream: Any) -> Any:
         limit: Limit | None = getattr(config, "llmd_limit", None)

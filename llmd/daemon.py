@@ -28,11 +28,12 @@ from .download import Hub
 from .estimate import Estimator
 from .memory import Devices
 from .metrics import Metrics
-from .proxy import Proxy, Upstream
+from .proxy import Proxy
 from .router import Router
 from .model import Handle, Launcher
 from .scheduler import Scheduler
 from .systemd import Activation, Notifier
+from .upstream import Upstream
 
 log = logging.getLogger("llmd")
 
@@ -134,7 +135,7 @@ def _set_group(path: str, group: str) -> None:
 
 
 def _server_config(fd: int, config: Config, limit: connections.Limit) -> hypercorn.config.Config:
-    hc = hypercorn.config.Config()
+    hc = connections.ServerConfig()
     hc.bind = [f"fd://{fd}"]
     hc.errorlog = logging.getLogger("llmd.http")
     hc.accesslog = None
@@ -155,7 +156,7 @@ def make_launcher(config: Config, upstream: Upstream) -> Launcher:
             return child.Exit(None, f"model file {spec.path} does not exist", [], False)
         return await child.serve(
             spec.name, [config.llama_server, *spec.child_args()], on_ready,
-            client=upstream.pooled, load_timeout=config.load_timeout,
+            upstream=upstream, load_timeout=config.load_timeout,
             stop_timeout=config.stop_timeout,
             log_lines=config.log_lines, cache_dir=config.cache_dir)
 

@@ -156,7 +156,7 @@ class Hub:
     def client(self) -> httpx.AsyncClient:
         """The hub's HTTP client, made on first use: its TLS context takes ~50 ms to build."""
         if self._client is None:
-            import httpx  # imported on first use: see proxy.Upstream
+            import httpx  # imported on first use: ~60 ms of a socket-activated start
 
             # A stalled hub must not hang a download forever; a slow one may take its time.
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=120))

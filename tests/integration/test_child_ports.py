@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from llmd import child, ports
+from llmd.upstream import Upstream
 from tests.fakes import tiny_gguf
 from tests.helpers import FAKE_SERVER, healthy, wait_until
 
@@ -50,10 +51,11 @@ async def test_a_child_whose_port_was_taken_is_started_again_on_another_port(
         ready.append(c)
         got_ready.set()
 
-    async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+    async with httpx.AsyncClient() as client, Upstream() as upstream, \
+            trio.open_nursery() as nursery:
         nursery.start_soon(partial(
             child.serve, "t", [llama_server, "--model", str(model), "--ctx-size", "256"],
-            on_ready, client=client, load_timeout=60, stop_timeout=5, log_lines=100))
+            on_ready, upstream=upstream, load_timeout=60, stop_timeout=5, log_lines=100))
         with trio.fail_after(60):
             await got_ready.wait()
         assert ready[0].port != squatter

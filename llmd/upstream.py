@@ -1,0 +1,262 @@
+"""A lean HTTP/1.1 client for children: kept-alive loopback connections, parsed by httptools.
+
+Every proxied request crosses this path, so it does only what talking to a llama-server
+on loopback needs: no TLS, proxies, cookies, redirects or auth. httpx did all of those on
+every request and was half of llmd's CPU per request (bench/results.md).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from functools import lru_cache
+from typing import Iterable
+
+import httptools
+import trio
+
+CONNECT_TIMEOUT = 5.0
+WRITE_TIMEOUT = 60.0
+KEEPALIVE = 64  # idle connections kept per child
+# cpp-httplib closes a kept-alive connection after 5 s idle; one idle longer than this
+# is dropped rather than risk sending on a connection the child is closing.
+IDLE_SECONDS = 4.0
+_CHUNK = 65536
+
+
+class UpstreamBroken(Exception):
+    """The child could not be reached, or broke the connection, or sent a bad response."""
+
+
+class _Stale(Exception):
+    """A reused connection closed before any byte of the response: safe to send again."""
+
+
+@lru_cache(maxsize=256)
+def address(base_url: str) -> tuple[str, int]:
+    """The host and port of an `http://host:port` base URL."""
+    host, _, port = base_url.removeprefix("http://").rstrip("/").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Connection:
+    __slots__ = ("stream", "idle_since")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        self.stream.socket.close()  # synchronous: safe in a cancelled scope or a finally
+
+    def dropped(self) -> bool:
+        """Whether the child has closed this idle connection (or sent on it unasked)."""
+        poll = select.poll()
+        poll.register(self.stream.socket.fileno(), select.POLLIN)
+        return bool(poll.poll(0))
+
+
+class _Message:
+    """httptools' callbacks for one response, collected."""
+
+    __slots__ = ("parser", "headers", "body", "head_done", "keep_alive", "done", "received")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.head_done = False
+        self.keep_alive = False
+        self.done = False
+        self.received = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        # Asked now: llhttp forgets the answer once the message is complete.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class Response:
+    """A response whose head has arrived; read() its body, then close() it."""
+
+    def __init__(self, pool: Upstream, key: tuple[str, int], conn: _Connection,
+                 message: _Message, parser: httptools.HttpResponseParser) -> None:
+        self._pool, self._key, self._conn = pool, key, conn
+        self._message, self._parser = message, parser
+        self.status: int = parser.get_status_code()
+        self.headers = message.headers
+
+    def header(self, name: bytes) -> bytes:
+        """The first value of header `name` (lower case), or b""."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return b""
+
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives; b"" once it is complete."""
+        message = self._message
+        while not message.body:
+            if message.done or self._conn is None:
+                return b""
+            await _feed(self._conn, self._parser, message, framed=self._framed())
+        data = message.body[0] if len(message.body) == 1 else b"".join(message.body)
+        message.body.clear()
+        return data
+
+    def _framed(self) -> bool:
+        return bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
+
+    def close(self) -> None:
+        """Give the connection back if the response was read whole, else close it."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        # llama-server closes the connection after every event stream, whatever its
+        # Keep-Alive header said: one would only come back stale.
+        if (self._message.done and self._message.keep_alive
+                and not self.header(b"content-type").startswith(b"text/event-stream")):
+            self._pool._put(self._key, conn)
+        else:
+            conn.close()
+
+
+async def _feed(conn: _Connection, parser: httptools.HttpResponseParser, message: _Message,
+                framed: bool = True) -> None:
+    try:
+        data = await conn.stream.receive_some(_CHUNK)
+    except (trio.BrokenResourceError, OSError) as exc:
+        data, error = b"", exc
+    else:
+        error = None
+    if not data:
+        if message.received == 0:
+            raise _Stale(repr(error) if error else "connection closed")
+        if message.head_done and not framed:
+            message.done = True  # a body delimited by the connection closing
+            return
+        raise UpstreamBroken(f"connection broken mid-response ({error or 'closed'})")
+    message.received += len(data)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError as exc:
+        raise UpstreamBroken(f"malformed response: {exc}")
+
+
+class Upstream:
+    """Kept-alive connections to children, and the requests sent on them."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self.retries = 0  # requests sent again after a kept-alive connection went stale
+
+    async def request(self, method: str, base_url: str, target: str,
+                      headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Response:
+        """Send a request to the child at `base_url`; return once the response head is in."""
+        key = address(base_url)
+        head = _head(method, target, key, headers, body)
+        conn = self._take(key)
+        if conn is not None:
+            try:
+                return await self._exchange(key, conn, head)
+            except _Stale:
+                # cpp-httplib may close a kept-alive connection without answering what was
+                # just sent on it; no byte of a response came, so sending again is safe.
+                self.retries += 1
+        conn = await _connect(key)
+        try:
+            return await self._exchange(key, conn, head)
+        except _Stale as exc:
+            raise UpstreamBroken(f"connection closed before a response ({exc})")
+
+    async def _exchange(self, key: tuple[str, int], conn: _Connection,
+                        head: bytes) -> Response:
+        message = _Message()
+        parser = message.parser
+        try:
+            with trio.fail_after(WRITE_TIMEOUT):
+                await conn.stream.send_all(head)
+            while not message.head_done:
+                await _feed(conn, parser, message)
+        except (trio.BrokenResourceError, OSError) as exc:
+            conn.close()
+            raise _Stale(repr(exc))
+        except trio.TooSlowError:
+            conn.close()
+            raise UpstreamBroken(f"request not sent within {WRITE_TIMEOUT:g}s")
+        except BaseException:
+            conn.close()
+            raise
+        return Response(self, key, conn, message, parser)
+
+    def _take(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = trio.current_time()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < IDLE_SECONDS and not conn.dropped():
+                return conn
+            conn.close()
+        return None
+
+    def _put(self, key: tuple[str, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= KEEPALIVE:
+            conn.close()
+            return
+        conn.idle_since = trio.current_time()
+        idle.append(conn)
+
+    async def __aenter__(self) -> Upstream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.aclose()
+
+    def aclose(self) -> None:
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+async def _connect(key: tuple[str, int]) -> _Connection:
+    # Children listen on a numeric loopback address: a plain connect, without
+    # open_tcp_stream's name lookup and happy-eyeballs nursery on every new connection.
+    family = socket.AF_INET6 if ":" in key[0] else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await sock.connect(key)
+    except trio.TooSlowError:
+        sock.close()
+        raise UpstreamBroken(f"connect to {key[0]}:{key[1]} timed out")
+    except OSError as exc:
+        sock.close()
+        raise UpstreamBroken(f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}")
+    except BaseException:
+        sock.close()
+        raise
+    return _Connection(trio.SocketStream(sock))
+
+
+def _head(method: str, target: str, key: tuple[str, int],
+          headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
+    # Header names and values come from h11, which already refused CR, LF and NUL.
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: {key[0]}:{key[1]}\r\n".encode("latin-1")]
+    lines += [b"%s: %s\r\n" % pair for pair in headers]
+    if body or method != "GET":
+        lines.append(b"content-length: %d\r\n" % len(body))
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
