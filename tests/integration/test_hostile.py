@@ -233,3 +233,21 @@ def test_connections_closed_by_their_clients_are_released_at_once(daemon):
     with httpx.Client(base_url=d.url) as once:
         text = once.get("/metrics").text
     assert "llmd_connections 1\n" in text  # only the one asking
+
+
+def test_kept_alive_connections_close_when_idle_not_while_busy(daemon):
+    d = daemon({"llama_server": str(FAKE_SERVER), "header_timeout": 1},
+               models={"m.gguf": json.dumps({"token_delay": 0.3})})
+    body = json.dumps({"model": "m", "max_tokens": 6, "messages": []}).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+               b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        for _ in range(2):  # each answer takes ~1.8 s, longer than header_timeout
+            s.sendall(request)
+            answer = b""
+            while b"tok tok tok tok tok tok" not in answer:
+                answer += s.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+        idle_since = time.monotonic()
+        assert s.recv(65536) == b""  # then closed for being idle past header_timeout
+        assert time.monotonic() - idle_since < 5
