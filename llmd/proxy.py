@@ -44,9 +44,12 @@ class Proxy:
                            if k.lower() not in _DROP_RESPONSE]
             await send({"type": "http.response.start", "status": response.status,
                         "headers": out_headers})
+            more = True
             try:
-                while chunk := await response.read():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                while more and (chunk := await response.read()):
+                    # The last piece says so itself: one ASGI message fewer per response.
+                    more = not response.complete
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
             except UpstreamBroken as exc:
                 log.warning("upstream %s broke mid-response: %s", base_url, exc)
                 # An SSE client gets an error event instead of a silent cut.
@@ -54,6 +57,7 @@ class Proxy:
                     await asgi.send_event_error(
                         send, UpstreamError("model server stopped mid-response"))
                     return
-            await send({"type": "http.response.body", "body": b""})
+            if more:
+                await send({"type": "http.response.body", "body": b""})
         finally:
             response.close()

@@ -113,6 +113,11 @@ class Response:
         message.body.clear()
         return data
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has been read."""
+        return self._message.done and not self._message.body
+
     def _framed(self) -> bool:
         return bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
 
