@@ -14,7 +14,7 @@ log = logging.getLogger("llmd.proxy")
 # Hop-by-hop and framing headers are the proxy's own business on each side.
 _DROP_REQUEST = {b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
                  b"accept-encoding", b"upgrade", b"te", b"trailer", b"proxy-authorization",
-                 b"authorization", b"x-api-key"}
+                 b"authorization", b"x-api-key", b"expect"}
 _DROP_RESPONSE = {b"server", b"transfer-encoding", b"connection", b"keep-alive", b"date"}
 
 

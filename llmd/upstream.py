@@ -74,6 +74,9 @@ class _Message:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # e.g. 100 Continue: the answer follows
+            self.headers.clear()
+            return
         self.head_done = True
         # Asked now: llhttp forgets the answer once the message is complete.
         self.keep_alive = self.parser.should_keep_alive()
@@ -82,7 +85,7 @@ class _Message:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.done = True
+        self.done = self.head_done
 
 
 class Response:

@@ -280,3 +280,10 @@ def test_llmctl_events_prints_state_changes_as_json_lines(fake_daemon):
         follower.terminate()
         follower.wait(10)
     assert all(e["model"] == "a" and e["event"] == "status_change" for e in events)
+
+
+def test_a_client_expecting_100_continue_gets_the_childs_answer(fake_daemon):
+    d = fake_daemon({"m.gguf": fake()})
+    r = d.http.post("/v1/chat/completions", headers={"expect": "100-continue"},
+                    json={"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]

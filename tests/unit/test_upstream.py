@@ -194,3 +194,16 @@ async def test_a_response_abandoned_midway_closes_its_connection(serve):
     response.close()  # the client went away: the rest must not be read as the next answer
     assert await body_of(upstream, server.url) == (200, b"abcd")
     assert server.connections == 2
+
+
+async def test_an_interim_100_continue_is_skipped_for_the_real_answer(serve):
+    async def continue_first(stream: trio.SocketStream, number: int) -> None:
+        while await read_request(stream):
+            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await stream.send_all(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone")
+
+    server = await serve(continue_first)
+    upstream = Upstream()
+    assert await body_of(upstream, server.url) == (201, b"done")
+    assert await body_of(upstream, server.url) == (201, b"done")
+    assert server.connections == 1
