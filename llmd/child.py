@@ -242,6 +242,7 @@ async def serve(
             return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
         ended = await _run(child, on_ready, upstream=upstream, load_timeout=load_timeout,
                            stop_timeout=stop_timeout)
+        upstream.forget(child.base_url)
         if ended.ready or ended.code is None or not ports.taken(child.port):
             return ended
         log.warning("[%s] port %d was taken by another process before llama-server bound "

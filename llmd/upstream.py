@@ -224,6 +224,11 @@ class Upstream:
         conn.idle_since = trio.current_time()
         idle.append(conn)
 
+    def forget(self, base_url: str) -> None:
+        """Close the idle connections to a child that has exited."""
+        for conn in self._idle.pop(address(base_url), []):
+            conn.close()
+
     async def __aenter__(self) -> Upstream:
         return self
 

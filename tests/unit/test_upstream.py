@@ -207,3 +207,14 @@ async def test_an_interim_100_continue_is_skipped_for_the_real_answer(serve):
     assert await body_of(upstream, server.url) == (201, b"done")
     assert await body_of(upstream, server.url) == (201, b"done")
     assert server.connections == 1
+
+
+async def test_forgetting_a_child_closes_its_idle_connections(serve):
+    heads: list[bytes] = []
+    server = await serve(keep_alive_answers(heads))
+    upstream = Upstream()
+    await body_of(upstream, server.url)
+    await body_of(upstream, server.url)
+    upstream.forget(server.url)
+    await body_of(upstream, server.url)
+    assert server.connections == 2 and upstream.retries == 0
