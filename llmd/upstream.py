@@ -92,11 +92,11 @@ class Response:
     """A response whose head has arrived; read() its body, then close() it."""
 
     def __init__(self, pool: Upstream, key: tuple[str, int], conn: _Connection,
-                 message: _Message, parser: httptools.HttpResponseParser) -> None:
-        self._pool, self._key, self._conn = pool, key, conn
-        self._message, self._parser = message, parser
-        self.status: int = parser.get_status_code()
+                 message: _Message) -> None:
+        self._pool, self._key, self._conn, self._message = pool, key, conn, message
+        self.status: int = message.parser.get_status_code()
         self.headers = message.headers
+        self._framed = bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
 
     def header(self, name: bytes) -> bytes:
         """The first value of header `name` (lower case), or b""."""
@@ -111,7 +111,7 @@ class Response:
         while not message.body:
             if message.done or self._conn is None:
                 return b""
-            await _feed(self._conn, self._parser, message, framed=self._framed())
+            await _feed(self._conn, message, framed=self._framed)
         data = message.body[0] if len(message.body) == 1 else b"".join(message.body)
         message.body.clear()
         return data
@@ -120,9 +120,6 @@ class Response:
     def complete(self) -> bool:
         """Whether the whole body has been read."""
         return self._message.done and not self._message.body
-
-    def _framed(self) -> bool:
-        return bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
 
     def close(self) -> None:
         """Give the connection back if the response was read whole, else close it."""
@@ -138,8 +135,7 @@ class Response:
             conn.close()
 
 
-async def _feed(conn: _Connection, parser: httptools.HttpResponseParser, message: _Message,
-                framed: bool = True) -> None:
+async def _feed(conn: _Connection, message: _Message, framed: bool = True) -> None:
     try:
         data = await conn.stream.receive_some(_CHUNK)
     except (trio.BrokenResourceError, OSError) as exc:
@@ -155,7 +151,7 @@ async def _feed(conn: _Connection, parser: httptools.HttpResponseParser, message
         raise UpstreamBroken(f"connection broken mid-response ({error or 'closed'})")
     message.received += len(data)
     try:
-        parser.feed_data(data)
+        message.parser.feed_data(data)
     except httptools.HttpParserError as exc:
         raise UpstreamBroken(f"malformed response: {exc}")
 
@@ -189,12 +185,11 @@ class Upstream:
     async def _exchange(self, key: tuple[str, int], conn: _Connection,
                         head: bytes) -> Response:
         message = _Message()
-        parser = message.parser
         try:
             with trio.fail_after(WRITE_TIMEOUT):
                 await conn.stream.send_all(head)
             while not message.head_done:
-                await _feed(conn, parser, message)
+                await _feed(conn, message)
         except (trio.BrokenResourceError, OSError) as exc:
             conn.close()
             raise _Stale(repr(exc))
@@ -204,7 +199,7 @@ class Upstream:
         except BaseException:
             conn.close()
             raise
-        return Response(self, key, conn, message, parser)
+        return Response(self, key, conn, message)
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
