@@ -1,18 +1,20 @@
 """A small client for llmd's control socket (HTTP+JSON over a Unix socket).
 
-It uses the standard library's http.client rather than httpx: llmctl runs once per command,
-and importing httpx (and building its TLS context) cost more than the whole call.
+llmctl runs once per command, so what it imports is most of its time: httpx (with its TLS
+context) cost more than the whole call, and http.client pulls in ssl and the email package.
+It writes the request itself and parses the answer with httptools (llhttp), as llmd does.
 """
 
 from __future__ import annotations
 
 import errno
-import http.client
 import json as _json  # call() takes a `json=` keyword, as httpx does
 import os
 import socket
 from typing import Any, Iterator
 from urllib.parse import urlencode
+
+import httptools
 
 DEFAULT_SOCKET = "/run/llmd/control.sock"
 
@@ -39,22 +41,53 @@ class DaemonError(ClientError):
         self.status = status
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """An HTTP/1.1 connection over a Unix socket."""
+class _Response:
+    """An answer read from a socket as it arrives (httptools' callbacks collect it)."""
 
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("llmd", timeout=timeout)
-        self.path = path
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._parser = httptools.HttpResponseParser(self)
+        self._body: list[bytes] = []
+        self._head = self._done = False
+        self.status = 0
+        self._pending = b""
+        while not self._head:
+            self._feed()
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    def on_headers_complete(self) -> None:
+        self._head = True
+        self.status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._done = True
+
+    def _feed(self) -> None:
+        data = self._sock.recv(65536)
+        if not data:
+            raise ConnectionResetError(errno.ECONNRESET, "llmd closed the connection mid-answer")
+        self._parser.feed_data(data)
+
+    def read(self) -> bytes:
+        """The whole body."""
+        while not self._done:
+            self._feed()
+        return b"".join(self._body)
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line, each as soon as it has arrived."""
+        while True:
+            if self._body:
+                self._pending += b"".join(self._body)
+                self._body.clear()
+                *complete, self._pending = self._pending.split(b"\n")
+                yield from complete
+            elif self._done:
+                return
+            else:
+                self._feed()
 
 
 class Client:
@@ -63,14 +96,14 @@ class Client:
     def __init__(self, socket_path: str, timeout: float | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        self._open: list[_UnixConnection] = []
+        self._open: list[socket.socket] = []
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for conn in self._open:
-            conn.close()
+        for sock in self._open:
+            sock.close()
 
     def _explain(self, exc: Exception) -> ClientError:
         code = getattr(exc, "errno", None)
@@ -84,17 +117,21 @@ class Client:
         return ClientError(f"cannot talk to llmd on {self.socket_path}: {exc}")
 
     def _send(self, method: str, path: str, params: dict[str, Any] | None,
-              json_body: Any) -> http.client.HTTPResponse:
+              json_body: Any) -> _Response:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         target = f"{path}?{urlencode(query)}" if query else path
-        body = None if json_body is None else _json.dumps(json_body).encode()
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn = _UnixConnection(self.socket_path, self.timeout)
-        self._open.append(conn)
+        body = b"" if json_body is None else _json.dumps(json_body).encode()
+        head = f"{method} {target} HTTP/1.1\r\nhost: llmd\r\nconnection: close\r\n"
+        if json_body is not None:
+            head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._open.append(sock)
         try:
-            conn.request(method, target, body=body, headers=headers)
-            return conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+            sock.sendall(head.encode() + b"\r\n" + body)
+            return _Response(sock)
+        except (OSError, httptools.HttpParserError) as exc:
             raise self._explain(exc) from None
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
@@ -103,7 +140,7 @@ class Client:
         response = self._send(method, path, params, json)
         try:
             raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, httptools.HttpParserError) as exc:
             raise self._explain(exc) from None
         if response.status >= 400:
             self._raise(response.status, raw)
@@ -129,14 +166,15 @@ class Client:
                then: tuple[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
         """The JSON data of a server-sent event stream, as it comes."""
         response = self._send("GET", path, params, None)
-        if response.status >= 400:
-            self._raise(response.status, response.read())
         try:
-            response.readline()  # the stream's opening comment: we are subscribed
+            if response.status >= 400:
+                self._raise(response.status, response.read())
+            lines = response.lines()
+            next(lines, None)  # the stream's opening comment: we are subscribed
             if then is not None:
                 yield {"event": "answer", "data": self.call("POST", then[0], json=then[1])}
-            for line in response:
+            for line in lines:
                 if line.startswith(b"data: "):
                     yield _json.loads(line[6:])
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, httptools.HttpParserError) as exc:
             raise self._explain(exc) from None
