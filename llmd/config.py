@@ -54,6 +54,7 @@ class Config:
     api_keys: tuple[str, ...] = ()
     stop_timeout: float = 10
     drain_timeout: float = 600
+    min_residency: float = 1
     load_timeout: float = 300
     shutdown_timeout: float = 30
     max_body_mib: int = 32
@@ -84,6 +85,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "autoload": ((bool,), bool),
     "stop_timeout": ((int, float), float),
     "drain_timeout": ((int, float), float),
+    "min_residency": ((int, float), float),
     "load_timeout": ((int, float), float),
     "estimate_timeout": ((int, float), float),
     "shutdown_timeout": ((int, float), float),
@@ -108,6 +110,7 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
 _NON_NEGATIVE = {"models_max", "memory_margin_mib", "stop_timeout", "drain_timeout",
+                 "min_residency",
                  "estimate_timeout",
                  "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl",
                  "body_timeout", "header_timeout", "max_connections"}

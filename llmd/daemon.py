@@ -200,7 +200,8 @@ class Reloader:
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed; it takes effect when llmd restarts", key)
         result = self.scheduler.update(specs, models_max=config.models_max,
-                                       drain_timeout=config.drain_timeout)
+                                       drain_timeout=config.drain_timeout,
+                                       min_residency=config.min_residency)
         self.scheduler.default_args, self.scheduler.allow_pull = config.args, config.allow_pull
         for app in self.apps:
             app.config = config
@@ -294,6 +295,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                                   Path(config.hub_cache), config.hf_token)
             scheduler = Scheduler(specs, make_launcher(config, upstream),
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
+                                  min_residency=config.min_residency,
                                   hub=hub, default_args=config.args,
                                   allow_pull=config.allow_pull, **memory_accounting(config))
             limits = {app: connections.Limit(config.max_connections or 1 << 30)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 from .model import Model
 
 
 def victim(models: Iterable[Model], for_model: Model, short: list[str],
-           busy: bool = False) -> Model | None:
+           busy: bool = False, settled: float = math.inf) -> Model | None:
     """The model to evict (idle, or with `busy` in use): lowest priority, then LRU.
 
     Only a loaded model that holds memory on a `short` device (when memory is short) can
     be one. A pinned model never is, nor one that requests are waiting for: it was
-    loaded for them.
+    loaded for them; nor one loaded after `settled`.
     """
     candidates = [m for m in models
                   if m is not for_model and m.state == "loaded" and (busy or m.leases == 0)
                   and m.waiters == 0 and not m.spec.pin
+                  and (m.loaded_at is None or m.loaded_at <= settled)
                   and (not short or any(m.holding().get(d) for d in short))]
     return min(candidates, key=lambda m: (m.spec.priority, m.last_used), default=None)

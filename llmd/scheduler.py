@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ class Scheduler:
         *,
         models_max: int = 4,
         drain_timeout: float = 600,
+        min_residency: float = 0,
         devices: DeviceTable | None = None,
         estimator: NeedSource | None = None,
         hub: Any = None,
@@ -50,6 +52,7 @@ class Scheduler:
         self._launcher = launcher
         self.models_max = models_max
         self.drain_timeout = drain_timeout
+        self.min_residency = min_residency  # seconds a loaded model serves before eviction
         self.devices = devices  # None: count models only, no memory accounting
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
@@ -377,7 +380,12 @@ class Scheduler:
                         if not short and not over:
                             return
                         where = short if not over else []
-                        victim = eviction.victim(self.models.values(), model, where)
+                        # A model loaded less than min_residency ago is not evicted yet:
+                        # under a swap storm each load then serves its clients for a
+                        # while instead of one request each.
+                        settled = trio.current_time() - self.min_residency
+                        victim = eviction.victim(self.models.values(), model, where,
+                                                 settled=settled)
                         if victim is not None:
                             log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
                                      f"memory on {', '.join(short)}" if short else "models_max")
@@ -385,7 +393,7 @@ class Scheduler:
                             await self._unload(victim)
                             continue
                         busy = eviction.victim(self.models.values(), model, where,
-                                               busy=True)
+                                               busy=True, settled=settled)
                         if busy is not None:
                             # First come, first served: requests for the busy model that
                             # arrive from now on queue behind this load instead of keeping
@@ -396,7 +404,8 @@ class Scheduler:
                             marked.append(busy)
                             self._set(busy, DRAINING)
                             self._nursery_start(self._stop_when_drained, busy)
-                        await self._released.wait()
+                        with trio.move_on_at(self._next_settled()):
+                            await self._released.wait()
             finally:
                 for m in marked:  # room found elsewhere, or we gave up: it serves again,
                     # unless it drained meanwhile and its child is already stopping.
@@ -407,6 +416,14 @@ class Scheduler:
             raise NoRoom(
                 f"no room to load '{model.spec.name}': every model that would have to be "
                 f"unloaded stayed busy for drain_timeout ({self.drain_timeout:g}s)")
+
+    def _next_settled(self) -> float:
+        """When the next model still inside its min_residency leaves it."""
+        now = trio.current_time()
+        ends = [m.loaded_at + self.min_residency for m in self.models.values()
+                if m.state == LOADED and m.loaded_at is not None
+                and m.loaded_at + self.min_residency > now]
+        return min(ends, default=math.inf)
 
     def _short_devices(self, model: Model) -> list[str]:
         if self.devices is None or not model.need:
@@ -431,10 +448,11 @@ class Scheduler:
 
     # ---- reload ---------------------------------------------------------------
 
-    def update(self, specs: dict[str, ModelSpec], *, models_max: int,
-               drain_timeout: float) -> dict[str, list[str]]:
+    def update(self, specs: dict[str, ModelSpec], *, models_max: int, drain_timeout: float,
+               min_residency: float = 0) -> dict[str, list[str]]:
         """Take a new catalog: add models, retire removed ones, restart changed ones when idle."""
         self.models_max, self.drain_timeout = models_max, drain_timeout
+        self.min_residency = min_residency
         added, removed, changed = [], [], []
         for name, spec in specs.items():
             model = self.models.get(name)

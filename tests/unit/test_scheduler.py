@@ -273,3 +273,46 @@ async def test_a_busy_victim_whose_child_is_stopping_is_not_handed_out_again(aut
         await use(s, "a", 0, results)
     first_a, second_a = [pid for name, pid in results if name == "a"]
     assert first_a != second_a  # served by a new child, not the one that was stopping
+
+
+async def swap_storm(scheduler: Scheduler) -> list:
+    """Three clients per model, ten short requests each, models_max=1."""
+    results: list = []
+
+    async def client(name: str) -> None:
+        for _ in range(10):
+            await use(scheduler, name, 0.05, results)
+            await trio.sleep(0.001)  # the client reads its answer, then asks again
+
+    async with running(scheduler), trio.open_nursery() as n:
+        for name in "ababab":
+            n.start_soon(client, name)
+    return results
+
+
+async def test_without_residency_a_swap_storm_switches_every_few_requests(autojump_clock):
+    launcher = FakeLauncher()
+    results = await swap_storm(Scheduler(specs("a", "b"), launcher, models_max=1))
+    assert len(results) == 60 and all(isinstance(r, int) for _, r in results)
+    assert len(launcher.launches) >= 10
+
+
+async def test_min_residency_lets_a_new_model_serve_before_it_is_evicted(autojump_clock):
+    launcher = FakeLauncher()
+    s = Scheduler(specs("a", "b"), launcher, models_max=1, min_residency=1)
+    results = await swap_storm(s)
+    assert len(results) == 60 and all(isinstance(r, int) for _, r in results)
+    # Each load serves its clients for a second: ten 50 ms requests each fit in it.
+    assert len(launcher.launches) <= 3
+    assert s.evictions == len(launcher.launches) - 1
+
+
+async def test_min_residency_only_delays_a_load_waiting_for_an_idle_model(autojump_clock):
+    launcher = FakeLauncher()
+    s = Scheduler(specs("a", "b"), launcher, models_max=1, min_residency=5)
+    async with running(s):
+        await use(s, "a")
+        loaded = trio.current_time()
+        await use(s, "b")  # "a" is idle, but was loaded less than 5 s ago
+        assert trio.current_time() - loaded >= 5
+    assert launcher.launches == ["a", "b"]
