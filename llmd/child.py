@@ -240,9 +240,11 @@ async def serve(
             child = spawn(name, argv, log_lines=log_lines, cache_dir=cache_dir)
         except OSError as exc:
             return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
-        ended = await _run(child, on_ready, upstream=upstream, load_timeout=load_timeout,
-                           stop_timeout=stop_timeout)
-        upstream.forget(child.base_url)
+        try:
+            ended = await _run(child, on_ready, upstream=upstream, load_timeout=load_timeout,
+                               stop_timeout=stop_timeout)
+        finally:  # an evicted child is cancelled, not returned from: forget it either way
+            upstream.forget(child.base_url)
         if ended.ready or ended.code is None or not ports.taken(child.port):
             return ended
         log.warning("[%s] port %d was taken by another process before llama-server bound "

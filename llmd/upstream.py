@@ -213,10 +213,13 @@ class Upstream:
 
     def _put(self, key: tuple[str, int], conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
+        now = trio.current_time()
+        while idle and now - idle[0].idle_since >= IDLE_SECONDS:
+            idle.pop(0).close()  # the oldest first: the child has closed its end by now
         if len(idle) >= KEEPALIVE:
             conn.close()
             return
-        conn.idle_since = trio.current_time()
+        conn.idle_since = now
         idle.append(conn)
 
     def forget(self, base_url: str) -> None:

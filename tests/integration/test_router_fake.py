@@ -287,3 +287,18 @@ def test_a_client_expecting_100_continue_gets_the_childs_answer(fake_daemon):
     r = d.http.post("/v1/chat/completions", headers={"expect": "100-continue"},
                     json={"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_switching_models_leaves_no_connections_behind(fake_daemon):
+    d = fake_daemon({"a.gguf": fake(), "b.gguf": fake()}, models_max=1, min_residency=0)
+
+    def sockets() -> int:
+        return sum(1 for fd in os.listdir(f"/proc/{d.proc.pid}/fd")
+                   if os.readlink(f"/proc/{d.proc.pid}/fd/{fd}").startswith("socket:"))
+
+    assert d.chat("a").status_code == 200
+    before = sockets()
+    for name in "ba" * 8:  # every request evicts the other model's child
+        assert d.chat(name).status_code == 200
+    assert loads_total(d) == 17
+    assert sockets() <= before + 2
