@@ -104,7 +104,8 @@ def test_model_file_replaced_or_deleted_while_loaded(daemon, llama_server, tmp_p
     assert complete("scanned") == 200
     assert "removed: scanned" in d.llmctl("reload").stdout
     wait_until(lambda: not pid_alive(pids["scanned"]), 10, "scanned's child to stop")
-    assert "scanned" not in d.models()
+    # The model leaves the list once llmd has seen its child exit, a moment after.
+    wait_until(lambda: "scanned" not in d.models(), 10, "scanned to leave the list")
     # A configured model whose file is gone fails with the reason; the rest serve on.
     listed.unlink()
     d.llmctl("reload")
