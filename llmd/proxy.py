@@ -53,7 +53,7 @@ class Proxy:
             except UpstreamBroken as exc:
                 log.warning("upstream %s broke mid-response: %s", base_url, exc)
                 # An SSE client gets an error event instead of a silent cut.
-                if response.header(b"content-type").startswith(b"text/event-stream"):
+                if response.event_stream:
                     await asgi.send_event_error(
                         send, UpstreamError("model server stopped mid-response"))
                     return

@@ -97,6 +97,7 @@ class Response:
         self.status: int = message.parser.get_status_code()
         self.headers = message.headers
         self._framed = bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
+        self.event_stream = self.header(b"content-type").startswith(b"text/event-stream")
 
     def header(self, name: bytes) -> bytes:
         """The first value of header `name` (lower case), or b""."""
@@ -128,8 +129,7 @@ class Response:
             return
         # llama-server closes the connection after every event stream, whatever its
         # Keep-Alive header said: one would only come back stale.
-        if (self._message.done and self._message.keep_alive
-                and not self.header(b"content-type").startswith(b"text/event-stream")):
+        if self._message.done and self._message.keep_alive and not self.event_stream:
             self._pool._put(self._key, conn)
         else:
             conn.close()
