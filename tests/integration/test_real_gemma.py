@@ -47,6 +47,14 @@ def test_streaming_chunks_arrive_before_generation_ends(daemon, llama_server, ge
     assert len(deltas) >= 5
     # Chunks were relayed as generated, not buffered: they arrived spread out in time.
     assert arrivals[-1][0] - arrivals[0][0] > 0.02
+    # llama-server closes the connection after a stream; llmd must not reuse it and retry.
+    for _ in range(3):
+        answer = d.http.post("/v1/completions",
+                             json={"model": "gemma", "prompt": "Hi", "max_tokens": 2})
+        assert answer.status_code == 200
+    retries = [line for line in d.http.get("/metrics").text.splitlines()
+               if line.startswith("llmd_upstream_retries_total ")]
+    assert retries == ["llmd_upstream_retries_total 0"]
 
 
 def test_llmctl_load_ps_and_unload(daemon, llama_server, gemma):
