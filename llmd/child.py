@@ -60,6 +60,8 @@ class Child:
         self.base_url = f"http://127.0.0.1:{port}"
         self.output: collections.deque[str] = collections.deque(maxlen=max(1, log_lines))
         self.lines_total = 0  # lines printed so far, including those the deque let go
+        self.announced = False  # it printed that it listens on its port
+        self._announcement = f"listening on {self.base_url}"
         self.returncode: int | None = None
         self.exited = trio.Event()
         self._activity = trio.Event()
@@ -97,6 +99,8 @@ class Child:
                     line = raw.decode("utf-8", "replace").rstrip("\r")
                     self.output.append(line)
                     self.lines_total += 1
+                    if not self.announced and line.endswith(self._announcement):
+                        self.announced = True
                     log.info("[%s] %s", self.name, line)
                 self._wake()
         if pending:
@@ -201,8 +205,10 @@ async def wait_ready(child: Child, upstream: Upstream) -> None:
     while True:
         if child.returncode is not None:
             raise ChildExited(child.returncode, child.tail())
-        # A 200 from a process that took the child's port is not the child's.
-        if await healthy(upstream, child.base_url) and ports.held_by(child.pid, child.port):
+        # A 200 from a process that took the child's port is not the child's. A child that
+        # says it listens there bound the port itself; otherwise /proc must say (~10 ms).
+        if await healthy(upstream, child.base_url) and (
+                child.announced or ports.held_by(child.pid, child.port)):
             return
         # Any new output line (e.g. "model loaded") is the likeliest moment to be ready.
         with trio.move_on_after(delay):

@@ -41,8 +41,12 @@ def _listeners(port: int) -> set[str] | None:
                 next(f, None)
                 for line in f:
                     fields = line.split()
-                    # local_address is HEX_ADDR:HEX_PORT; state 0A is LISTEN.
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    # The kernel lists listening sockets before all others, and the rest
+                    # of the table grows with every connection on the machine.
+                    if fields[3] != "0A":  # state 0A is LISTEN
+                        break
+                    # local_address is HEX_ADDR:HEX_PORT
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
                         inodes.add(fields[9])
         except (OSError, IndexError, ValueError):
             continue

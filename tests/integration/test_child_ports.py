@@ -63,3 +63,25 @@ async def test_a_child_whose_port_was_taken_is_started_again_on_another_port(
         assert "pid" not in props  # llama-server's answer, not the squatter's
         nursery.cancel_scope.cancel()
 
+
+
+async def test_a_child_that_says_it_listens_on_its_port_needs_no_proc_lookup(
+        llama_server, tmp_path, monkeypatch):
+    # /proc/net/tcp takes ~10 ms to read on a busy machine, on every cold start.
+    model = tiny_gguf.write(tmp_path / "t.gguf")
+    monkeypatch.setattr(ports, "held_by", lambda group, port: False)
+    ready: list[child.Child] = []
+    got_ready = trio.Event()
+
+    def on_ready(c: child.Child) -> None:
+        ready.append(c)
+        got_ready.set()
+
+    async with Upstream() as upstream, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(
+            child.serve, "t", [llama_server, "--model", str(model), "--ctx-size", "256"],
+            on_ready, upstream=upstream, load_timeout=60, stop_timeout=5, log_lines=100))
+        with trio.fail_after(60):
+            await got_ready.wait()
+        assert ready[0].announced
+        nursery.cancel_scope.cancel()
