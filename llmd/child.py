@@ -19,6 +19,7 @@ from .upstream import Upstream, UpstreamBroken
 log = logging.getLogger("llmd.child")
 
 _PR_SET_PDEATHSIG = 1
+_GATHER_SECONDS = 0.003  # how long a child's output may wait to be read with what follows
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _prctl = _libc.prctl
@@ -103,6 +104,10 @@ class Child:
                         self.announced = True
                     log.info("[%s] %s", self.name, line)
                 self._wake()
+                # llama-server writes each log line in three pieces and ~8 lines per
+                # request, each a wakeup that takes a core from its compute threads.
+                # Letting output gather for a moment makes that one read per burst.
+                await trio.sleep(_GATHER_SECONDS)
         if pending:
             self.output.append(pending.decode("utf-8", "replace"))
             self.lines_total += 1
