@@ -88,6 +88,24 @@ async def test_measured_use_replaces_the_estimate(autojump_clock, tmp_path):
     assert info["estimate_mib"] == {"gpu0": 4096} and info["measured_mib"]["gpu0"] == 2048
 
 
+async def test_a_serving_model_is_measured_again_after_its_requests(autojump_clock, tmp_path):
+    use_by_pid = {pid: (0, 2048) for pid in range(1000, 1100)}
+    devices = gpu_devices(tmp_path, 10240, use=use_by_pid)
+    s = Scheduler(models("a"), FakeLauncher(), devices=devices,
+                  estimator=StubNeeds({"a": {"gpu0": 4096}}))
+    async with running(s):
+        await use(s, "a")
+        for pid in use_by_pid:
+            use_by_pid[pid] = (0, 3072)  # its KV cache and buffers grew
+        await use(s, "a", 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.models["a"].measured["gpu0"] == 2048  # measured at most every 2 s
+        await use(s, "a", 2)
+        with trio.fail_after(60):  # measured in a thread, which the mock clock can't see
+            while s.models["a"].measured["gpu0"] != 3072:
+                await trio.sleep(0.001)
+
+
 async def test_estimating_state_is_visible_and_estimate_runs_once_per_load(autojump_clock,
                                                                             tmp_path):
     needs = StubNeeds({"a": {"gpu0": 100}})
