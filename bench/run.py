@@ -36,6 +36,8 @@ import startup  # noqa: E402
 
 ARGS = ["--ctx-size", "1024", "--threads", "2", "--parallel", "4"]
 ROUNDS = 3
+# Scenarios whose i-th value for each target comes from the same turn.
+PAIRED = {"seq_latency", "stream_ttfb", "tokenize_rps", "complete32_rps", "cold_start"}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -367,15 +369,34 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
              f"starts each) and run by run (32 clients sending back to back; {ROUNDS * 2} "
              f"2-second /tokenize windows and {ROUNDS + 1} 5-second completion windows "
              f"each).", "",
+             "Values are medians (p99 where the row says so) over the run. Ratios in the "
+             "p50, requests/s and cold start rows are medians of the ratios turn by turn; "
+             "the others are ratios of the values shown.", "",
              "| scenario | direct | llama.cpp router | llmd | llmd/direct | llmd/router |",
              "|---|---|---|---|---|---|"]
     for label, key, q, unit in rows:
         vals = {n: pct(r[key], q) * unit if r.get(key) else None for n, r in results.items()}
         d, r, l = vals["direct"], vals["router"], vals["llmd"]
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"  # noqa: E731
-        lines.append(f"| {label} | {fmt(d)} | {fmt(r)} | {fmt(l)} | {ratio(l, d)} | "
-                     f"{ratio(l, r)} |")
+
+        def ratio(base: str) -> str:
+            ours, theirs = results["llmd"].get(key), results[base].get(key)
+            if key in PAIRED and q == 0.5 and ours and theirs and len(ours) == len(theirs):
+                # The i-th values of each target come from the same turn: the median of
+                # their ratios is the drift-free figure the targets are stated in.
+                return f"{pct([a / b for a, b in zip(ours, theirs)], 0.5):.2f}"
+            a, b = l, vals[base]
+            return "-" if a is None or not b else f"{a / b:.2f}"
+
+        lines.append(f"| {label} | {fmt(d)} | {fmt(r)} | {fmt(l)} | {ratio('direct')} | "
+                     f"{ratio('router')} |")
+    ours = results["llmd"].get("stream_ttfb", [])
+    added = {base: pct([(a - b) * 1000 for a, b in zip(ours, results[base]["stream_ttfb"])], 0.5)
+             for base in ("direct", "router")
+             if ours and len(results[base].get("stream_ttfb", [])) == len(ours)}
+    if added:
+        lines += ["", "Time to first byte llmd added, median turn by turn: "
+                  + ", ".join(f"{v:+.1f} ms against {k}" for k, v in added.items()) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "bench" / "results.md"
@@ -387,4 +408,7 @@ def report(results: dict[str, dict[str, list[float]]]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--report"]:  # the table again from the last run's results.json
+        report(json.loads((ROOT / "bench" / "results.json").read_text()))
+    else:
+        main()
