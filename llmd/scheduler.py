@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -12,8 +11,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from . import books, eviction, status
-from .download import DownloadError, Progress, parse_ref
+from . import books, eviction, prepare, status
+from .download import DownloadError, parse_ref
 from .catalog import ModelSpec, file_identity, names
 from .events import Broker
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
@@ -120,7 +119,8 @@ class Scheduler:
                 self._touch(model)
                 if model.last_used - model.measured_at >= _MEASURE_EVERY:
                     model.measured_at = model.last_used
-                    self._nursery_start(self._remeasure, model, model.attempt)
+                    if self.devices is not None:
+                        self._nursery_start(prepare.measure_in_thread, model, self.devices)
                 self._released.set()
                 self._released = trio.Event()
         if scope.cancelled_caught:
@@ -250,7 +250,11 @@ class Scheduler:
         with model.scope as scope:
             try:
                 if model.spec.hf and not os.path.exists(model.spec.path):
-                    await self._download(model)
+                    try:
+                        await prepare.download(model, self.hub, self.events.publish)
+                    except ModelFailed:
+                        self.failures["download"] += 1
+                        raise
                 if model.pull_only:
                     model.pulled = attempt
                 else:
@@ -275,7 +279,8 @@ class Scheduler:
         name = model.spec.name
         model.file_id = file_identity(model.spec.path)
         if self.devices is not None:
-            await self._estimate(model)
+            assert self.estimator is not None
+            await prepare.estimate(model, self.estimator)
             self._set(model, QUEUED)
         await self._admit(model)
         self._set(model, LOADING)
@@ -299,7 +304,8 @@ class Scheduler:
         model.failure = None
         model.loaded_at = trio.current_time()
         model.last_used = model.loaded_at
-        self._measure(model)
+        if self.devices is not None:
+            prepare.measure(model, self.devices)
         log.info("%s: loaded (pid %d, port %d)", model.spec.name, handle.pid, handle.port)
         self._set(model, LOADED)
         if model.spec.ttl > 0:
@@ -308,60 +314,6 @@ class Scheduler:
     def _touch(self, model: Model) -> None:
         model.activity.set()
         model.activity = trio.Event()
-
-    def _measure(self, model: Model) -> None:
-        if self.devices is not None and model.handle is not None:
-            model.measured = self.devices.process_use(model.handle.pid)
-            model.measured_at = trio.current_time()
-
-    async def _remeasure(self, model: Model, attempt: int) -> None:
-        """Measure a serving child again, in a thread: smaps_rollup takes ~3 ms to read."""
-        if self.devices is None or model.handle is None:
-            return
-        use = await trio.to_thread.run_sync(self.devices.process_use, model.handle.pid)
-        if model.attempt == attempt and model.handle is not None:
-            model.measured = use
-
-    async def _download(self, model: Model) -> None:
-        """Fetch a hub model into the cache; its spec then points at the files."""
-        name = model.spec.name
-        if self.hub is None:
-            raise ModelFailed(name, f"{model.spec.hf} is not in the cache and llmd is offline")
-        model.progress = Progress()
-        log.info("%s: downloading %s", name, model.spec.hf)
-        error: DownloadError | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._report_progress, model)
-            try:
-                path, mmproj = await self.hub.fetch(model.spec.hf, model.progress)
-            except DownloadError as exc:  # caught here, not wrapped in an ExceptionGroup
-                error = exc
-            nursery.cancel_scope.cancel()
-        if error is not None:
-            log.error("%s: download failed: %s", name, error)
-            self.failures["download"] += 1
-            model.failure = Failure(f"download failed: {error}", None, [])
-            raise ModelFailed(name, f"download failed: {error}")
-        log.info("%s: downloaded to %s", name, path)
-        model.spec = dataclasses.replace(model.spec, path=path, mmproj=mmproj)
-
-    async def _report_progress(self, model: Model) -> None:
-        """Publish download progress twice a second while the download runs."""
-        while True:
-            await trio.sleep(0.5)
-            p = model.progress
-            self.events.publish({"model": model.spec.name, "event": "download_progress",
-                           "data": {"done": p.done, "total": p.total,
-                                    "rate": round(p.rate(trio.current_time()))}})
-
-    async def _estimate(self, model: Model) -> None:
-        assert self.estimator is not None
-        try:
-            need = await self.estimator.need(model.spec)
-            model.need, model.need_source = dict(need.mib), need.source
-        except Exception as exc:  # the child itself will say what is wrong with the file
-            log.warning("%s: no memory estimate (%s); loading without one", model.spec.name, exc)
-            model.need, model.need_source = {}, "none"
 
     async def _expire_when_idle(self, model: Model, attempt: int) -> None:
         """Unload the model once it has been idle for its ttl."""

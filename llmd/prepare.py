@@ -1,0 +1,79 @@
+"""What a model needs before its child starts, and measuring it once it runs.
+
+Each step records what it finds on the model's books; the scheduler decides when to run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import trio
+
+from .download import DownloadError, Progress
+from .errors import ModelFailed
+from .model import DeviceTable, Failure, Model, NeedSource
+
+log = logging.getLogger("llmd.prepare")
+
+_PROGRESS_EVERY = 0.5  # seconds between download_progress events
+
+
+async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], None]) -> None:
+    """Fetch a hub model into the cache and point its spec at the files."""
+    name = model.spec.name
+    if hub is None:
+        raise ModelFailed(name, f"{model.spec.hf} is not in the cache and llmd is offline")
+    model.progress = Progress()
+    log.info("%s: downloading %s", name, model.spec.hf)
+    error: DownloadError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_report_progress, model, publish)
+        try:
+            path, mmproj = await hub.fetch(model.spec.hf, model.progress)
+        except DownloadError as exc:  # caught here, not wrapped in an ExceptionGroup
+            error = exc
+        nursery.cancel_scope.cancel()
+    if error is not None:
+        log.error("%s: download failed: %s", name, error)
+        model.failure = Failure(f"download failed: {error}", None, [])
+        raise ModelFailed(name, f"download failed: {error}")
+    log.info("%s: downloaded to %s", name, path)
+    model.spec = dataclasses.replace(model.spec, path=path, mmproj=mmproj)
+
+
+async def _report_progress(model: Model, publish: Callable[[dict[str, Any]], None]) -> None:
+    while True:
+        await trio.sleep(_PROGRESS_EVERY)
+        p = model.progress
+        publish({"model": model.spec.name, "event": "download_progress",
+                 "data": {"done": p.done, "total": p.total,
+                          "rate": round(p.rate(trio.current_time()))}})
+
+
+async def estimate(model: Model, estimator: NeedSource) -> None:
+    """Record what the model will need per device; none if it can't be told."""
+    try:
+        need = await estimator.need(model.spec)
+        model.need, model.need_source = dict(need.mib), need.source
+    except Exception as exc:  # the child itself will say what is wrong with the file
+        log.warning("%s: no memory estimate (%s); loading without one", model.spec.name, exc)
+        model.need, model.need_source = {}, "none"
+
+
+def measure(model: Model, devices: DeviceTable) -> None:
+    """Record what the model's child uses per device now."""
+    if model.handle is not None:
+        model.measured = devices.process_use(model.handle.pid)
+        model.measured_at = trio.current_time()
+
+
+async def measure_in_thread(model: Model, devices: DeviceTable) -> None:
+    """measure(), off the event loop: smaps_rollup takes ~3 ms to read for llama-server."""
+    handle, attempt = model.handle, model.attempt
+    if handle is None:
+        return
+    use = await trio.to_thread.run_sync(devices.process_use, handle.pid)
+    if model.attempt == attempt and model.handle is handle:
+        model.measured = use
