@@ -182,8 +182,8 @@ def concurrent(t: Target, clients: int = 32, seconds: float = 2.0, warm: float =
     return len(latencies) / seconds, latencies
 
 
-def cold_start(t: Target, unload: callable) -> float:
-    unload()
+def cold_start(t: Target, unload: Callable[[Target], None]) -> float:
+    unload(t)
     start = time.perf_counter()
     t.complete(tokens=1)
     return time.perf_counter() - start
@@ -230,7 +230,7 @@ def main() -> None:
         unloads = {router.name: _router_unload, llmd_t.name: _llmd_unload}
         for i in range(2 * ROUNDS):
             for t in turns([router, llmd_t], i):
-                add(t, "cold_start", [cold_start(t, lambda t=t: unloads[t.name](t))])
+                add(t, "cold_start", [cold_start(t, unloads[t.name])])
         for _ in range(ROUNDS):
             _llmd_unload(llmd_t)
             add(llmd_t, "readiness", [startup.readiness_delay(llmd_t.socket, llmd_t.model)])
