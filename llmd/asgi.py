@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any, Awaitable, Callable, MutableMapping
 from urllib.parse import parse_qs
 
 import trio
@@ -114,42 +113,6 @@ async def send_text(send: Send, status: int, text: str, content_type: bytes) -> 
                 "headers": [(b"content-type", content_type),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-@asynccontextmanager
-async def cancelled_on_disconnect(receive: Receive, send: Send) -> AsyncIterator[Send]:
-    """Run the block in a scope cancelled when the client disconnects; use the yielded send.
-
-    Enter after reading the body. hypercorn also reports `http.disconnect` as soon as the
-    response is complete, from inside that last send() call: cancelling then would cut
-    hypercorn's own bookkeeping short, so a disconnect after the last byte is ignored.
-    """
-    finished = False
-
-    async def tracked_send(message: Message) -> None:
-        nonlocal finished
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            finished = True
-        await send(message)
-
-    async def watch(scope: trio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not finished:
-                    scope.cancel()
-                return
-
-    error: Exception | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope)
-        try:
-            yield tracked_send
-        except Exception as exc:  # re-raised bare, not wrapped in an ExceptionGroup
-            error = exc
-        nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error
 
 
 async def handled_as_non_http(scope: Scope, receive: Receive, send: Send) -> bool:

@@ -4,7 +4,8 @@ hypercorn has no connection limit and no hook per connection, so llmd wraps the 
 place it starts serving one (`hypercorn.trio.run.TCPServer`). A listener's limit rides
 on its hypercorn Config; a connection over it gets a JSON 503 and is closed at once,
 before any of it is parsed. The wrapper also closes a connection as soon as its client
-has gone, which hypercorn 0.17 only does after keep_alive_timeout; and it keeps that
+has gone, which hypercorn 0.18 only does after keep_alive_timeout, and tells the
+connection's requests (hangup.py) at that moment; and it keeps that
 keep-alive timer as one task per connection instead of one per request. A request h11
 cannot parse gets the documented JSON error body instead of an empty one.
 """
@@ -24,7 +25,7 @@ import hypercorn.trio.run as _hypercorn_run
 import trio
 from hypercorn.events import RawData
 
-from . import peercred
+from . import hangup, peercred
 from .errors import MalformedRequest, Unavailable
 
 
@@ -146,8 +147,9 @@ def install() -> None:
         return
 
     class Connection(_hypercorn_run.TCPServer):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any) -> None:
+        def __init__(self, *args: Any, client: hangup.Hangup) -> None:
             super().__init__(*args)
+            self.client = client
             self.idle_task = IdleTimer(self.config.keep_alive_timeout,
                                        self.context.terminated, self._initiate_server_close)
 
@@ -162,6 +164,7 @@ def install() -> None:
             # hypercorn leaves its keep-alive timer running after the client has gone,
             # and its nursery waits for it: the socket would stay open that long.
             self.idle_task.cancel()
+            self.client.happened()
 
     def serve_connection(app: Any, config: Any, context: Any, state: Any, stream: Any) -> Any:
         limit: Limit | None = getattr(config, "llmd_limit", None)
@@ -175,10 +178,12 @@ def install() -> None:
                 peercred.PEER.set(peercred.peer_of(stream.socket))
             except OSError:
                 peercred.PEER.set(None)
+            client = hangup.Hangup()
+            hangup.CURRENT.set(client)
             if limit is not None:
                 limit.current += 1
             try:
-                await Connection(app, config, context, state, stream)
+                await Connection(app, config, context, state, stream, client=client)
             finally:
                 if limit is not None:
                     limit.current -= 1

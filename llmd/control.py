@@ -13,6 +13,7 @@ from . import asgi, follow, peercred
 from .asgi import Receive, Scope, Send
 from .config import Config
 from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
+from .hangup import cancelled_on_hangup
 from .model import Model
 from .scheduler import Scheduler
 
@@ -50,11 +51,11 @@ class Control:
             if path == "/ps":
                 return await asgi.send_json(send, 200, {"models": self.scheduler.snapshot()})
             if path == "/logs" and params.get("follow") in ("1", "true"):
-                return await self._follow(receive, send, params)
+                return await self._follow(send, params)
             if path == "/logs":
                 return await asgi.send_json(send, 200, self._logs(params))
             if path == "/events":
-                async with asgi.cancelled_on_disconnect(receive, send) as send:
+                with cancelled_on_hangup(send) as send:
                     await asgi.event_stream(send, self.scheduler.subscribe())
                 return
         elif method == "POST":
@@ -73,14 +74,14 @@ class Control:
             wait = body.get("wait", True) is not False
             if path == "/load":
                 model = await self._while_connected(
-                    receive, send, self.scheduler.load(name, wait=wait))
+                    send, self.scheduler.load(name, wait=wait))
             elif path == "/pull":
                 model = await self._while_connected(
-                    receive, send, self.scheduler.pull(name, wait=wait))
+                    send, self.scheduler.pull(name, wait=wait))
             else:
                 force = body.get("force", False) is True
                 model = await self._while_connected(
-                    receive, send, self.scheduler.unload(name, force=force, wait=wait))
+                    send, self.scheduler.unload(name, force=force, wait=wait))
             if model is None:
                 return
             return await asgi.send_json(send, 200, self.scheduler.describe(model))
@@ -96,10 +97,10 @@ class Control:
         raise Forbidden(f"{path.strip('/')} needs root, llmd's own user or membership in group "
                         f"'{self.config.control_group}'")
 
-    async def _while_connected(self, receive: Receive, send: Send, work: Any) -> Any:
+    async def _while_connected(self, send: Send, work: Any) -> Any:
         # Waiting for a load is cancelled when llmctl goes away; the load itself goes on.
         result = None
-        async with asgi.cancelled_on_disconnect(receive, send):
+        with cancelled_on_hangup(send):
             result = await work
         return result
 
@@ -136,12 +137,12 @@ class Control:
         model, lines = self._logs_of(params)
         return {"model": model.spec.name, "lines": follow.tail(model, lines)}
 
-    async def _follow(self, receive: Receive, send: Send, params: dict[str, str]) -> None:
+    async def _follow(self, send: Send, params: dict[str, str]) -> None:
         model, lines = self._logs_of(params)
         out, found = trio.open_memory_channel[dict[str, Any]](1024)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow.lines, model, lines, out)
-            async with asgi.cancelled_on_disconnect(receive, send) as send:
+            with cancelled_on_hangup(send) as send:
                 await asgi.event_stream(send, found)
             nursery.cancel_scope.cancel()
 

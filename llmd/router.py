@@ -11,6 +11,7 @@ from . import asgi
 from .asgi import Receive, Scope, Send
 from .config import Config
 from .errors import BadRequest, ConfigError, LlmdError, NotFound, ServerError, Unauthorized
+from .hangup import cancelled_on_hangup
 from .metrics import Metrics
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -147,7 +148,7 @@ class Router:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
                      autoload: bool) -> None:
-        async with asgi.cancelled_on_disconnect(receive, send) as send:
+        with cancelled_on_hangup(send) as send:
             async with self.scheduler.lease(model, autoload=autoload) as handle:
                 await self.proxy.forward(send, scope["method"], handle.base_url, scope["path"],
                                          scope.get("query_string", b""), scope["headers"], body)
@@ -165,7 +166,7 @@ class Router:
         await asgi.send_json(send, 200, {"success": True})
 
     async def _events(self, receive: Receive, send: Send) -> None:
-        async with asgi.cancelled_on_disconnect(receive, send) as send:
+        with cancelled_on_hangup(send) as send:
             await asgi.event_stream(send, self.scheduler.subscribe())
 
     def _props(self) -> dict[str, Any]:

@@ -85,6 +85,17 @@ def test_client_disconnect_releases_the_lease(fake_daemon):
     wait_until(lambda: d.models()["s"]["leases"] == 0, 10, "the lease to end")
 
 
+def test_client_hanging_up_on_a_silent_request_releases_the_lease(fake_daemon):
+    # Nothing is sent to this client until the child answers (after 60 s), so only the
+    # hangup itself can end the request.
+    d = fake_daemon({"s.gguf": fake(tokens=1200, token_delay=0.05)})
+    body = {"model": "s", "messages": []}
+    with pytest.raises(httpx.ReadTimeout):
+        d.http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=2))
+    wait_until(lambda: d.models()["s"]["leases"] == 0, 20, "the lease to end")
+    assert d.chat("s", stream=False).status_code == 200
+
+
 @pytest.mark.parametrize("method, path, body, status, kind", [
     ("POST", "/v1/chat/completions", b"{not json", 400, "invalid_request_error"),
     ("POST", "/v1/chat/completions", b"[1, 2]", 400, "invalid_request_error"),
