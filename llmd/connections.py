@@ -13,6 +13,7 @@ cannot parse gets the documented JSON error body instead of an empty one.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from math import inf
@@ -55,6 +56,17 @@ class ServerConfig(hypercorn.config.Config):  # type: ignore[misc]
             headers = super().response_headers(protocol)
             self._made = (second, protocol, headers)
         return list(headers)
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:", re.IGNORECASE)
+
+
+def sized_head(data: bytes) -> bool:
+    """Whether h11's bytes are a final response head that declares its Content-Length."""
+    # An app that declares the length has the body in hand (llmd's do); a head without
+    # one starts a stream, whose first chunk may be a long way off.
+    return (data.startswith(b"HTTP/1.1 ") and data[9:10] != b"1"
+            and _CONTENT_LENGTH.search(data) is not None)
 
 
 def _refusal(most: int) -> bytes:
@@ -150,13 +162,23 @@ def install() -> None:
         def __init__(self, *args: Any, client: hangup.Hangup) -> None:
             super().__init__(*args)
             self.client = client
+            self.held = b""  # a response head waiting for its body
             self.idle_task = IdleTimer(self.config.keep_alive_timeout,
                                        self.context.terminated, self._initiate_server_close)
 
         async def protocol_send(self, event: Any) -> None:
-            # h11 ends a Content-Length body with no bytes: no lock, no send for those.
-            if type(event) is RawData and not event.data:
-                return
+            if type(event) is RawData:
+                data = event.data
+                if self.held:
+                    data, self.held = self.held + data, b""
+                elif sized_head(data):
+                    # Its body follows at once: both go out in one write, and the client
+                    # gets them in one segment (one read, as from llama-server itself).
+                    self.held = data
+                    return
+                if not data:  # h11 ends a Content-Length body with no bytes
+                    return
+                event = RawData(data)
             await super().protocol_send(event)
 
         async def _read_data(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -94,6 +95,24 @@ def test_client_hanging_up_on_a_silent_request_releases_the_lease(fake_daemon):
         d.http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=2))
     wait_until(lambda: d.models()["s"]["leases"] == 0, 20, "the lease to end")
     assert d.chat("s", stream=False).status_code == 200
+
+
+def test_a_sized_answer_arrives_head_and_body_in_one_segment(fake_daemon):
+    # As from llama-server itself: a client reads the whole answer with one recv().
+    d = fake_daemon({"a.gguf": fake()})
+    d.llmctl("load", "a")
+    body = b'{"model": "a", "content": "hello"}'
+    requests = [b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n",
+                b"POST /tokenize HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)]
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        for request in requests:
+            s.sendall(request)
+            answer = s.recv(65536)
+            head, _, got = answer.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            assert head.startswith(b"HTTP/1.1 200") and len(got) == length > 0
 
 
 @pytest.mark.parametrize("method, path, body, status, kind", [
