@@ -13,6 +13,7 @@ cannot parse gets the documented JSON error body instead of an empty one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import hypercorn.config
 import hypercorn.protocol.h11 as _hypercorn_h11
 import hypercorn.trio.run as _hypercorn_run
 import trio
-from hypercorn.events import RawData
+from hypercorn.events import Closed, RawData
 
 from . import hangup, peercred
 from .errors import MalformedRequest, Unavailable
@@ -176,10 +177,33 @@ def install() -> None:
                     # gets them in one segment (one read, as from llama-server itself).
                     self.held = data
                     return
-                if not data:  # h11 ends a Content-Length body with no bytes
-                    return
-                event = RawData(data)
+                if data:  # h11 ends a Content-Length body with no bytes
+                    await self._send(data)
+                return
             await super().protocol_send(event)
+
+        async def _send(self, data: bytes) -> None:
+            # hypercorn's send, without two trips through the scheduler when nothing has to
+            # wait: a free lock is taken without a checkpoint, and the bytes go straight to
+            # the non-blocking socket. trio's stream sends only what the socket won't take.
+            try:
+                self.send_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self.send_lock.acquire()
+            try:
+                sent = 0
+                if type(self.stream) is trio.SocketStream:
+                    try:
+                        sent = os.write(self.stream.socket.fileno(), data)
+                    except BlockingIOError:
+                        pass
+                if sent < len(data):
+                    with trio.CancelScope(shield=True):
+                        await self.stream.send_all(data[sent:])
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            finally:
+                self.send_lock.release()
 
         async def _read_data(self) -> None:
             await super()._read_data()

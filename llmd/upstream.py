@@ -7,6 +7,8 @@ every request and was half of llmd's CPU per request (bench/results.md).
 
 from __future__ import annotations
 
+import errno
+import os
 import select
 import socket
 from functools import lru_cache
@@ -40,19 +42,48 @@ def address(base_url: str) -> tuple[str, int]:
 
 
 class _Connection:
-    __slots__ = ("stream", "idle_since")
+    """A kept-alive socket to a child, used without trio's socket wrapper.
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
+    trio's socket calls end in a checkpoint even when the call did not have to wait: a
+    trip through the scheduler for every send and every read of a response that is
+    already in. Here the calls go straight to the non-blocking socket, and only a call
+    that would block waits (trio.lowlevel), which is also where cancellation lands.
+    """
+
+    __slots__ = ("sock", "idle_since")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.idle_since = 0.0
 
+    async def send_all(self, data: bytes) -> None:
+        """Send all of `data`; past WRITE_TIMEOUT of waiting, UpstreamBroken."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                with trio.move_on_after(WRITE_TIMEOUT) as waited:
+                    await trio.lowlevel.wait_writable(self.sock)
+                if waited.cancelled_caught:
+                    raise UpstreamBroken(f"request not sent within {WRITE_TIMEOUT:g}s")
+
+    async def receive(self) -> bytes:
+        """What the child sent next, waiting for it if nothing is in; b"" at its end."""
+        while True:
+            try:
+                return self.sock.recv(_CHUNK)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+
     def close(self) -> None:
-        self.stream.socket.close()  # synchronous: safe in a cancelled scope or a finally
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()  # synchronous: safe in a cancelled scope or a finally
 
     def dropped(self) -> bool:
         """Whether the child has closed this idle connection (or sent on it unasked)."""
         poll = select.poll()
-        poll.register(self.stream.socket.fileno(), select.POLLIN)
+        poll.register(self.sock.fileno(), select.POLLIN)
         return bool(poll.poll(0))
 
 
@@ -137,8 +168,8 @@ class Response:
 
 async def _feed(conn: _Connection, message: _Message, framed: bool = True) -> None:
     try:
-        data = await conn.stream.receive_some(_CHUNK)
-    except (trio.BrokenResourceError, OSError) as exc:
+        data = await conn.receive()
+    except OSError as exc:
         data, error = b"", exc
     else:
         error = None
@@ -186,16 +217,12 @@ class Upstream:
                         head: bytes) -> Response:
         message = _Message()
         try:
-            with trio.fail_after(WRITE_TIMEOUT):
-                await conn.stream.send_all(head)
+            await conn.send_all(head)
             while not message.head_done:
                 await _feed(conn, message)
-        except (trio.BrokenResourceError, OSError) as exc:
+        except OSError as exc:
             conn.close()
             raise _Stale(repr(exc))
-        except trio.TooSlowError:
-            conn.close()
-            raise UpstreamBroken(f"request not sent within {WRITE_TIMEOUT:g}s")
         except BaseException:
             conn.close()
             raise
@@ -245,20 +272,24 @@ async def _connect(key: tuple[str, int]) -> _Connection:
     # Children listen on a numeric loopback address: a plain connect, without
     # open_tcp_stream's name lookup and happy-eyeballs nursery on every new connection.
     family = socket.AF_INET6 if ":" in key[0] else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            await sock.connect(key)
-    except trio.TooSlowError:
-        sock.close()
-        raise UpstreamBroken(f"connect to {key[0]}:{key[1]} timed out")
-    except OSError as exc:
-        sock.close()
-        raise UpstreamBroken(f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}")
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        error = sock.connect_ex(key)
+        if error == errno.EINPROGRESS:
+            with trio.move_on_after(CONNECT_TIMEOUT) as waited:
+                await trio.lowlevel.wait_writable(sock)
+            if waited.cancelled_caught:
+                raise UpstreamBroken(f"connect to {key[0]}:{key[1]} timed out")
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise UpstreamBroken(f"cannot connect to {key[0]}:{key[1]}: {os.strerror(error)}")
     except BaseException:
+        trio.lowlevel.notify_closing(sock)
         sock.close()
         raise
-    return _Connection(trio.SocketStream(sock))
+    return _Connection(sock)
 
 
 def _head(method: str, target: str, key: tuple[str, int],

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -113,6 +114,27 @@ def test_a_sized_answer_arrives_head_and_body_in_one_segment(fake_daemon):
             length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:")))
             assert head.startswith(b"HTTP/1.1 200") and len(got) == length > 0
+
+
+def test_a_large_answer_to_a_slow_reader_arrives_whole(fake_daemon):
+    # Far more than the socket buffers hold: llmd must wait for the client, not drop bytes.
+    d = fake_daemon({"a.gguf": fake()})
+    d.llmctl("load", "a")
+    body = json.dumps({"model": "a", "content": "x" * 1_000_000}).encode()
+    with socket.create_connection(("127.0.0.1", d.port), timeout=30) as s:
+        s.sendall(b"POST /tokenize HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        time.sleep(1)
+        answer = bytearray()
+        while b"\r\n\r\n" not in answer:
+            answer += s.recv(65536)
+        head, _, rest = bytes(answer).partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        got = bytearray(rest)
+        while len(got) < length:
+            got += s.recv(1 << 20)
+    assert json.loads(got)["tokens"] == list(range(1_000_000))
 
 
 @pytest.mark.parametrize("method, path, body, status, kind", [

@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import trio
 
+from llmd import upstream as upstream_module
 from llmd.upstream import Upstream, UpstreamBroken
 
 Handler = Callable[[trio.SocketStream, int], Awaitable[None]]
@@ -21,7 +22,8 @@ async def read_request(stream: trio.SocketStream) -> bytes:
         if not chunk:
             return b""
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    body = bytearray(rest)
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             want = int(line.split(b":")[1])
@@ -218,3 +220,27 @@ async def test_forgetting_a_child_closes_its_idle_connections(serve):
     upstream.forget(server.url)
     await body_of(upstream, server.url)
     assert server.connections == 2 and upstream.retries == 0
+
+
+async def test_a_large_request_waits_for_the_child_to_read_it(serve):
+    async def slow_reader(stream: trio.SocketStream, number: int) -> None:
+        await trio.sleep(0.2)  # the request is far bigger than the socket buffers
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await serve(slow_reader)
+    body = b"x" * (16 << 20)
+    response = await Upstream().request("POST", server.url, "/", [], body)
+    assert response.status == 200 and await response.read() == b"ok"
+
+
+async def test_a_child_that_never_reads_the_request_is_given_up_on(serve, autojump_clock,
+                                                                   monkeypatch):
+    monkeypatch.setattr(upstream_module, "WRITE_TIMEOUT", 5.0)
+
+    async def deaf(stream: trio.SocketStream, number: int) -> None:
+        await trio.sleep_forever()
+
+    server = await serve(deaf)
+    with pytest.raises(UpstreamBroken, match="not sent within 5s"):
+        await Upstream().request("POST", server.url, "/", [], b"x" * (16 << 20))
