@@ -3,11 +3,16 @@
 hypercorn has no connection limit and no hook per connection, so llmd wraps the one
 place it starts serving one (`hypercorn.trio.run.TCPServer`). A listener's limit rides
 on its hypercorn Config; a connection over it gets a JSON 503 and is closed at once,
-before any of it is parsed. The wrapper also closes a connection as soon as its client
-has gone, which hypercorn 0.18 only does after keep_alive_timeout, and tells the
-connection's requests (hangup.py) at that moment; and it keeps that
-keep-alive timer as one task per connection instead of one per request. A request h11
-cannot parse gets the documented JSON error body instead of an empty one.
+before any of it is parsed. The wrapper also:
+
+- closes a connection as soon as its client has gone, which hypercorn 0.18 only does
+  after keep_alive_timeout, and tells the connection's requests at that moment
+  (hangup.py);
+- keeps the keep-alive timer as one task per connection instead of one per request;
+- sends a response head that declares its length together with its body, and sends
+  without a trip through trio's scheduler when the socket takes the bytes at once;
+- answers a request h11 cannot parse with the documented JSON error body instead of an
+  empty one.
 """
 
 from __future__ import annotations
