@@ -119,7 +119,7 @@ class Control:
             "models": len(models),
             "loaded": sum(1 for m in models if m["status"]["value"] == "loaded"),
             "in_flight": sum(m["leases"] for m in models),
-            "devices": self.scheduler.device_table(),
+            "devices": self.scheduler.admission.device_table(),
         }
 
     def _logs_of(self, params: dict[str, str]) -> tuple[Model, int]:

@@ -22,3 +22,11 @@ def victim(models: Iterable[Model], for_model: Model, short: list[str],
                   and (m.loaded_at is None or m.loaded_at <= settled)
                   and (not short or any(m.holding().get(d) for d in short))]
     return min(candidates, key=lambda m: (m.spec.priority, m.last_used), default=None)
+
+
+def next_settled(models: Iterable[Model], min_residency: float, now: float) -> float:
+    """When the next loaded model still inside its min_residency leaves it (inf: none)."""
+    ends = [m.loaded_at + min_residency for m in models
+            if m.state == "loaded" and m.loaded_at is not None
+            and m.loaded_at + min_residency > now]
+    return min(ends, default=math.inf)

@@ -67,7 +67,7 @@ class Metrics:
                   f"llmd_loads_total {scheduler.loads}",
                   "# HELP llmd_evictions_total Idle models stopped to make room for another.",
                   "# TYPE llmd_evictions_total counter",
-                  f"llmd_evictions_total {scheduler.evictions}",
+                  f"llmd_evictions_total {scheduler.admission.evictions}",
                   "# HELP llmd_failures_total Loads and downloads that failed, and children that "
                   "exited on their own after loading.", "# TYPE llmd_failures_total counter"]
         for kind in ("load", "download", "crash"):
@@ -87,7 +87,7 @@ class Metrics:
 
 
 def _devices(scheduler: Scheduler) -> list[str]:
-    table = scheduler.device_table()
+    table = scheduler.admission.device_table()
     lines = []
     for metric, key, text in (("committed", "committed_mib", "held by llmd's models"),
                               ("free", "free_mib", "free now"),

@@ -1,9 +1,12 @@
-"""The scheduler: the one owner of model state, leases, loads and eviction."""
+"""The scheduler: the one owner of model state, leases, loads and unloads.
+
+When a load may start, and which running model makes room for it, is admission.py's to
+decide; the scheduler carries its evictions out.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -11,11 +14,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from . import books, eviction, prepare, status
+from . import prepare, status
+from .admission import RUNNING, Admission
 from .download import DownloadError, parse_ref
 from .catalog import ModelSpec, file_identity, names
 from .events import Broker
-from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded, NoRoom
+from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded
 from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 
 log = logging.getLogger("llmd.scheduler")
@@ -25,12 +29,11 @@ UNLOADED, DOWNLOADING, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
     "unloaded", "downloading", "estimating", "queued", "loading", "loaded", "draining")
 _WIRE = {ESTIMATING: "loading", QUEUED: "loading", DRAINING: "loaded"}
 _STARTING = (DOWNLOADING, ESTIMATING, QUEUED, LOADING)
-_RUNNING = (LOADING, LOADED, DRAINING)  # admitted: these count against models_max and memory
 _MEASURE_EVERY = 2.0  # seconds between measurements of a child's real use
 
 
 class Scheduler:
-    """Loads models on demand, hands out leases, evicts idle models LRU-first."""
+    """Loads models on demand, hands out leases, unloads them when asked or evicted."""
 
     def __init__(
         self,
@@ -49,21 +52,18 @@ class Scheduler:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
         self._launcher = launcher
-        self.models_max = models_max
-        self.drain_timeout = drain_timeout
-        self.min_residency = min_residency  # seconds a loaded model serves before eviction
         self.devices = devices  # None: count models only, no memory accounting
+        self.admission = Admission(self.models, devices, evict=self._unload, drain=self._drain,
+                                   undrain=self._undrain, models_max=models_max,
+                                   min_residency=min_residency, drain_timeout=drain_timeout)
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
         self.default_args = default_args  # for hub models named in a request or llmctl
         self.allow_pull = allow_pull  # may router requests name hub models not configured?
         self.loads = 0
-        self.evictions = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
         self.stopping = False  # set by end_requests(): llmd is shutting down
         self._nursery: trio.Nursery | None = None
-        self._admission = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
-        self._released = trio.Event()
         self.events = Broker()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -121,8 +121,7 @@ class Scheduler:
                     model.measured_at = model.last_used
                     if self.devices is not None:
                         self._nursery_start(prepare.measure_in_thread, model, self.devices)
-                self._released.set()
-                self._released = trio.Event()
+                self.admission.freed()
         if scope.cancelled_caught:
             raise ModelUnloaded(model.spec.name,
                                 "stopped: llmd is shutting down" if self.stopping else
@@ -222,7 +221,7 @@ class Scheduler:
 
     async def _stop_when_drained(self, model: Model) -> None:
         while model.leases and model.state == DRAINING:
-            await self._released.wait()
+            await self.admission.wait_freed()
         if model.state == DRAINING and model.scope is not None:
             model.scope.cancel()
 
@@ -282,7 +281,7 @@ class Scheduler:
             assert self.estimator is not None
             await prepare.estimate(model, self.estimator)
             self._set(model, QUEUED)
-        await self._admit(model)
+        await self.admission.admit(model)
         self._set(model, LOADING)
         self.loads += 1
         log.info("%s: loading", name)
@@ -328,92 +327,28 @@ class Scheduler:
                 await self._unload(model)
                 return
 
-    async def _admit(self, model: Model) -> None:
-        """Wait our FIFO turn, then evict idle models until the count and memory allow it."""
-        async with self._admission:
-            marked: list[Model] = []
-            try:
-                with trio.move_on_after(self.drain_timeout):
-                    while True:
-                        short = self._short_devices(model)
-                        over = (bool(self.models_max)
-                                and self._running_count(model) >= self.models_max)
-                        if not short and not over:
-                            return
-                        where = short if not over else []
-                        # A model loaded less than min_residency ago is not evicted yet:
-                        # under a swap storm each load then serves its clients for a
-                        # while instead of one request each.
-                        settled = trio.current_time() - self.min_residency
-                        victim = eviction.victim(self.models.values(), model, where,
-                                                 settled=settled)
-                        if victim is not None:
-                            log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
-                                     f"memory on {', '.join(short)}" if short else "models_max")
-                            self.evictions += 1
-                            await self._unload(victim)
-                            continue
-                        busy = eviction.victim(self.models.values(), model, where,
-                                               busy=True, settled=settled)
-                        if busy is not None:
-                            # First come, first served: requests for the busy model that
-                            # arrive from now on queue behind this load instead of keeping
-                            # it busy for ever; the ones in flight finish undisturbed.
-                            log.info("%s: waiting for %s to finish its requests, then "
-                                     "evicting it", model.spec.name, busy.spec.name)
-                            busy.evicting = True
-                            marked.append(busy)
-                            self._set(busy, DRAINING)
-                            self._nursery_start(self._stop_when_drained, busy)
-                        with trio.move_on_at(self._next_settled()):
-                            await self._released.wait()
-            finally:
-                for m in marked:  # room found elsewhere, or we gave up: it serves again,
-                    # unless it drained meanwhile and its child is already stopping.
-                    stopping = m.scope is None or m.scope.cancel_called
-                    if m.evicting and m.state == DRAINING and not stopping:
-                        m.evicting = False
-                        self._set(m, LOADED)
-            raise NoRoom(
-                f"no room to load '{model.spec.name}': every model that would have to be "
-                f"unloaded stayed busy for drain_timeout ({self.drain_timeout:g}s)")
+    def _drain(self, model: Model) -> None:
+        """Admission needs this busy model's room: stop it once its requests are done."""
+        model.evicting = True
+        self._set(model, DRAINING)
+        self._nursery_start(self._stop_when_drained, model)
 
-    def _next_settled(self) -> float:
-        """When the next model still inside its min_residency leaves it."""
-        now = trio.current_time()
-        ends = [m.loaded_at + self.min_residency for m in self.models.values()
-                if m.state == LOADED and m.loaded_at is not None
-                and m.loaded_at + self.min_residency > now]
-        return min(ends, default=math.inf)
-
-    def _short_devices(self, model: Model) -> list[str]:
-        if self.devices is None or not model.need:
-            return []
-        devices = self.devices.read()
-        books.check_fits_alone(model.spec.name, model.need, devices)
-        return books.short_devices(model.need, devices, self.committed(exclude=model))
-
-    def committed(self, exclude: Model | None = None) -> dict[str, int]:
-        """MiB held per device by admitted models."""
-        return books.committed(m.holding() for m in self.models.values()
-                               if m is not exclude and m.state in _RUNNING)
-
-    def device_table(self) -> list[dict[str, object]]:
-        """Devices with total, free, margin and what llmd's models hold."""
-        if self.devices is None:
-            return []
-        return books.device_table(self.devices.read(), self.committed())
-
-    def _running_count(self, model: Model) -> int:
-        return sum(1 for m in self.models.values() if m is not model and m.state in _RUNNING)
+    def _undrain(self, model: Model) -> None:
+        """Admission found room elsewhere: a model drained for it serves again, unless it
+        drained meanwhile and its child is already stopping."""
+        stopping = model.scope is None or model.scope.cancel_called
+        if model.evicting and model.state == DRAINING and not stopping:
+            model.evicting = False
+            self._set(model, LOADED)
 
     # ---- reload ---------------------------------------------------------------
 
     def update(self, specs: dict[str, ModelSpec], *, models_max: int, drain_timeout: float,
                min_residency: float = 0) -> dict[str, list[str]]:
         """Take a new catalog: add models, retire removed ones, restart changed ones when idle."""
-        self.models_max, self.drain_timeout = models_max, drain_timeout
-        self.min_residency = min_residency
+        self.admission.models_max = models_max
+        self.admission.drain_timeout = drain_timeout
+        self.admission.min_residency = min_residency
         added, removed, changed = [], [], []
         for name, spec in specs.items():
             model = self.models.get(name)
@@ -444,7 +379,7 @@ class Scheduler:
 
     @staticmethod
     def _file_replaced(model: Model, spec: ModelSpec) -> bool:
-        return model.state in _RUNNING and model.file_id != file_identity(spec.path)
+        return model.state in RUNNING and model.file_id != file_identity(spec.path)
 
     async def _retire(self, model: Model) -> None:
         await self._unload(model)
@@ -467,8 +402,7 @@ class Scheduler:
         model.changed = trio.Event()
         if state == UNLOADED:  # room freed: wake a load waiting for it
             model.evicting = False
-            self._released.set()
-            self._released = trio.Event()
+            self.admission.freed()
         self.events.publish({"model": model.spec.name, "event": "status_change",
                        "data": self.describe(model)["status"]})
 

@@ -304,7 +304,7 @@ async def test_min_residency_lets_a_new_model_serve_before_it_is_evicted(autojum
     assert len(results) == 60 and all(isinstance(r, int) for _, r in results)
     # Each load serves its clients for a second: ten 50 ms requests each fit in it.
     assert len(launcher.launches) <= 3
-    assert s.evictions == len(launcher.launches) - 1
+    assert s.admission.evictions == len(launcher.launches) - 1
 
 
 async def test_min_residency_only_delays_a_load_waiting_for_an_idle_model(autojump_clock):

@@ -50,12 +50,12 @@ async def test_gpu_memory_evicts_idle_lru_to_fit(autojump_clock, tmp_path):
         await use(s, "a")
         await trio.sleep(1)
         await use(s, "b")
-        assert s.committed()["gpu0"] == 8192
+        assert s.admission.committed()["gpu0"] == 8192
         await use(s, "c")
         states = {n: m.state for n, m in s.models.items()}
-        assert s.device_table()[1]["committed_mib"] == 8192
+        assert s.admission.device_table()[1]["committed_mib"] == 8192
     assert states == {"a": "unloaded", "b": "loaded", "c": "loaded"}
-    assert s.evictions == 1
+    assert s.admission.evictions == 1
 
 
 async def test_model_too_big_for_the_machine_fails_at_once_without_evicting(autojump_clock,
@@ -70,7 +70,7 @@ async def test_model_too_big_for_the_machine_fails_at_once_without_evicting(auto
         (_, error), = results
         assert isinstance(error, TooBig) and error.status == 507
         assert "needs 20000 MiB on gpu0" in error.message and "9216 MiB" in error.message
-        assert s.models["small"].state == "loaded" and s.evictions == 0
+        assert s.models["small"].state == "loaded" and s.admission.evictions == 0
 
 
 async def test_measured_use_replaces_the_estimate(autojump_clock, tmp_path):
