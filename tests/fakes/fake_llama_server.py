@@ -47,6 +47,9 @@ if behaviour.get("ignore_sigterm"):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Each piece of a stream goes out when written, not held back by Nagle's algorithm
+    # until the reader's delayed ACK (40 ms on Linux).
+    disable_nagle_algorithm = True
 
     def log_message(self, *a):  # quiet
         pass
