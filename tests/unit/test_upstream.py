@@ -139,7 +139,36 @@ async def test_an_event_stream_is_relayed_piece_by_piece_and_its_connection_not_
     assert await response.read() == b"data: 2"
     assert await response.read() == b""
     response.close()
-    assert upstream._idle.get(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), []) == []
+    # The next request goes out on a fresh connection (the stream's own never answers
+    # again): the spare opened as the stream ended, so no connect waits in its path.
+    with trio.fail_after(5):
+        while server.connections < 2:
+            await trio.sleep(0.01)
+        second = await upstream.request("POST", server.url, "/s", [], b"{}")
+        assert [await second.read() for _ in range(3)] == [b"data: 1", b"data: 2", b""]
+    assert server.connections == 2
+
+
+async def test_a_spare_for_a_child_that_has_gone_is_dropped_not_used(serve):
+    async def stream_once(stream: trio.SocketStream, number: int) -> None:
+        if number == 2:
+            return  # the spare: closed unanswered, as by a child that has exited
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                              b"Content-Length: 7\r\n\r\ndata: 1")
+
+    server = await serve(stream_once)
+    upstream = Upstream()
+    response = await upstream.request("POST", server.url, "/s", [], b"{}")
+    assert await response.read() == b"data: 1"
+    response.close()  # a spare is opened; the child then closes it unanswered
+    with trio.fail_after(5):
+        while server.connections < 2:
+            await trio.sleep(0.01)
+    await trio.sleep(0.05)
+    response = await upstream.request("POST", server.url, "/s", [], b"{}")
+    assert await response.read() == b"data: 1"
+    assert server.connections == 3 and upstream.retries == 0
 
 
 async def test_a_body_cut_short_is_an_error_not_a_short_answer(serve):
