@@ -60,11 +60,10 @@ def cancelled_on_hangup(send: Send) -> Iterator[Send]:
     Outside llmd's connection wrapper nothing can report a hangup, so nothing is cancelled.
     """
     hangup = CURRENT.get()
-    scope = trio.CancelScope()
     if hangup is None:
-        with scope:
-            yield send
+        yield send
         return
+    scope = trio.CancelScope()
 
     async def tracked_send(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
