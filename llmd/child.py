@@ -20,6 +20,7 @@ log = logging.getLogger("llmd.child")
 
 _PR_SET_PDEATHSIG = 1
 _GATHER_SECONDS = 0.003  # how long a child's output may wait to be read with what follows
+_ANNOUNCE_GRACE = 0.01  # how long a 200 from /health waits for the child's "listening" line
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _prctl = _libc.prctl
@@ -212,9 +213,14 @@ async def wait_ready(child: Child, upstream: Upstream) -> None:
             raise ChildExited(child.returncode, child.tail())
         # A 200 from a process that took the child's port is not the child's. A child that
         # says it listens there bound the port itself; otherwise /proc must say (~10 ms).
-        if await healthy(upstream, child.base_url) and (
-                child.announced or ports.held_by(child.pid, child.port)):
-            return
+        if await healthy(upstream, child.base_url):
+            # llama-server prints that line as it starts answering, so the 200 usually
+            # comes while the line is still in the pipe: give it a moment to be read.
+            with trio.move_on_after(_ANNOUNCE_GRACE):
+                while not child.announced and child.returncode is None:
+                    await child.wait_activity()
+            if child.announced or ports.held_by(child.pid, child.port):
+                return
         # Any new output line (e.g. "model loaded") is the likeliest moment to be ready.
         with trio.move_on_after(delay):
             await child.wait_activity()
