@@ -63,10 +63,13 @@ async def estimate(model: Model, estimator: NeedSource) -> None:
 
 
 def measure(model: Model, devices: DeviceTable) -> None:
-    """Record what the model's child uses per device now."""
+    """Record what the model's child uses per device now.
+
+    The scheduler stamps model.measured_at when it decides to measure, for this and for
+    measure_in_thread() alike.
+    """
     if model.handle is not None:
         model.measured = devices.process_use(model.handle.pid)
-        model.measured_at = trio.current_time()
 
 
 async def measure_in_thread(model: Model, devices: DeviceTable) -> None:

@@ -304,6 +304,7 @@ class Scheduler:
         model.loaded_at = trio.current_time()
         model.last_used = model.loaded_at
         if self.devices is not None:
+            model.measured_at = model.loaded_at
             prepare.measure(model, self.devices)
         log.info("%s: loaded (pid %d, port %d)", model.spec.name, handle.pid, handle.port)
         self._set(model, LOADED)
