@@ -98,6 +98,12 @@ def test_client_hanging_up_on_a_silent_request_releases_the_lease(fake_daemon):
     assert d.chat("s", stream=False).status_code == 200
 
 
+def content_length(head: bytes) -> int:
+    """The Content-Length a raw response head declares."""
+    return int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")))
+
+
 def test_a_sized_answer_arrives_head_and_body_in_one_segment(fake_daemon):
     # As from llama-server itself: a client reads the whole answer with one recv().
     d = fake_daemon({"a.gguf": fake()})
@@ -111,9 +117,7 @@ def test_a_sized_answer_arrives_head_and_body_in_one_segment(fake_daemon):
             s.sendall(request)
             answer = s.recv(65536)
             head, _, got = answer.partition(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:")))
-            assert head.startswith(b"HTTP/1.1 200") and len(got) == length > 0
+            assert head.startswith(b"HTTP/1.1 200") and len(got) == content_length(head) > 0
 
 
 def test_a_large_answer_to_a_slow_reader_arrives_whole(fake_daemon):
@@ -129,10 +133,8 @@ def test_a_large_answer_to_a_slow_reader_arrives_whole(fake_daemon):
         while b"\r\n\r\n" not in answer:
             answer += s.recv(65536)
         head, _, rest = bytes(answer).partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")))
         got = bytearray(rest)
-        while len(got) < length:
+        while len(got) < content_length(head):
             got += s.recv(1 << 20)
     assert json.loads(got)["tokens"] == list(range(1_000_000))
 
