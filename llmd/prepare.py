@@ -13,11 +13,13 @@ import trio
 
 from .download import DownloadError, Progress
 from .errors import ModelFailed
+from .catalog import ModelSpec
 from .model import DeviceTable, Failure, Model, NeedSource
 
 log = logging.getLogger("llmd.prepare")
 
 _PROGRESS_EVERY = 0.5  # seconds between download_progress events
+_FIT_FLAGS = {"-fit", "--fit"}
 
 
 async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], None]) -> None:
@@ -60,6 +62,18 @@ async def estimate(model: Model, estimator: NeedSource) -> None:
     except Exception as exc:  # the child itself will say what is wrong with the file
         log.warning("%s: no memory estimate (%s); loading without one", model.spec.name, exc)
         model.need, model.need_source = {}, "none"
+
+
+def launch_spec(model: Model) -> ModelSpec:
+    """The spec to start the child with: no second fit when llama.cpp's estimate admitted it."""
+    spec = model.spec
+    # llama-server fits its arguments to free memory before loading, unless told not to:
+    # a dry-run load of the whole model (about half of a cold start). llama-fit-params
+    # estimated these very arguments, unfitted, and admission made room for that, so the
+    # child's fit could only agree. The operator's own --fit stays in charge.
+    if model.need_source != "llama-fit-params" or _FIT_FLAGS & set(spec.args):
+        return spec
+    return dataclasses.replace(spec, args=(*spec.args, "--fit", "off"))
 
 
 def measure(model: Model, devices: DeviceTable) -> None:

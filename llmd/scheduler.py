@@ -285,7 +285,7 @@ class Scheduler:
         self._set(model, LOADING)
         self.loads += 1
         log.info("%s: loading", name)
-        result = await self._launcher(model.spec, lambda h: self._ready(model, h))
+        result = await self._launcher(prepare.launch_spec(model), lambda h: self._ready(model, h))
         if result.ready:
             log.warning("%s: %s", name, result.reason)
             if result.code not in (0, None):

@@ -73,3 +73,13 @@ def test_a_model_that_cannot_fit_is_refused_with_507(daemon, llama_server, big_m
     assert response.status_code == 507
     message = response.json()["error"]["message"]
     assert "needs" in message and "MiB on host" in message
+
+
+def test_a_child_admitted_on_llama_fit_params_estimate_skips_its_own_fit(
+        daemon, llama_server, big_models):
+    d = daemon({"llama_server": llama_server, "args": ARGS}, models={"a.gguf": big_models[0]})
+    assert complete(d, "a").status_code == 200
+    (ps,) = json.loads(d.llmctl("ps", "--json").stdout)
+    assert ps["memory"]["source"] == "llama-fit-params"
+    argv = Path(f"/proc/{ps['pid']}/cmdline").read_bytes().decode().split("\0")
+    assert argv[argv.index("--fit") + 1] == "off"
