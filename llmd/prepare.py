@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 import trio
 
+from .catalog import ModelSpec
 from .download import DownloadError, Progress
 from .errors import ModelFailed
-from .catalog import ModelSpec
 from .model import DeviceTable, Failure, Model, NeedSource
 
 log = logging.getLogger("llmd.prepare")
@@ -68,9 +68,10 @@ def launch_spec(model: Model) -> ModelSpec:
     """The spec to start the child with: no second fit when llama.cpp's estimate admitted it."""
     spec = model.spec
     # llama-server fits its arguments to free memory before loading, unless told not to:
-    # a dry-run load of the whole model (about half of a cold start). llama-fit-params
-    # estimated these very arguments, unfitted, and admission made room for that, so the
-    # child's fit could only agree. The operator's own --fit stays in charge.
+    # a dry-run load of the whole model, about half of a cold start. llama-fit-params
+    # estimated these arguments as given (--fit-print does not fit them) and admission
+    # made room for that much, so a second fit would find nothing to shrink. The
+    # operator's own --fit stays in charge.
     if model.need_source != "llama-fit-params" or _FIT_FLAGS & set(spec.args):
         return spec
     return dataclasses.replace(spec, args=(*spec.args, "--fit", "off"))
