@@ -19,7 +19,8 @@ from .model import DeviceTable, Failure, Model, NeedSource
 log = logging.getLogger("llmd.prepare")
 
 _PROGRESS_EVERY = 0.5  # seconds between download_progress events
-_FIT_FLAGS = {"-fit", "--fit"}
+# llama-server's fit and its settings: an operator who sets any of them wants the fit.
+_FIT_FLAGS = {"-fit", "--fit", "-fitt", "--fit-target", "-fitc", "--fit-ctx"}
 
 
 async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], None]) -> None:
@@ -71,7 +72,7 @@ def launch_spec(model: Model) -> ModelSpec:
     # a dry-run load of the whole model, about half of a cold start. llama-fit-params
     # estimated these arguments as given (--fit-print does not fit them) and admission
     # made room for that much, so a second fit would find nothing to shrink. The
-    # operator's own --fit stays in charge.
+    # operator's own --fit settings stay in charge.
     if model.need_source != "llama-fit-params" or _FIT_FLAGS & set(spec.args):
         return spec
     return dataclasses.replace(spec, args=(*spec.args, "--fit", "off"))

@@ -24,7 +24,7 @@ def test_a_child_without_llama_cpp_estimate_still_fits_itself():
         assert launch_spec(m) is m.spec
 
 
-def test_the_operators_own_fit_setting_is_kept():
-    for flag in ("--fit", "-fit"):
-        m = model("llama-fit-params", args=(flag, "on"))
-        assert launch_spec(m).args == (flag, "on")
+def test_the_operators_own_fit_settings_are_kept():
+    for args in (("--fit", "on"), ("-fit", "on"), ("--fit-target", "2048"), ("-fitc", "8192")):
+        m = model("llama-fit-params", args=args)
+        assert launch_spec(m).args == args
