@@ -6,6 +6,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from .prepare import launch_spec
+
 if TYPE_CHECKING:
     from .scheduler import Model
 
@@ -13,8 +15,9 @@ if TYPE_CHECKING:
 def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
     """One model for /models, llmctl ps and status; `now` is the scheduler's clock."""
     spec = model.spec
+    # The arguments its child runs with, or will: llmd may add --fit off to the config's.
     status: dict[str, Any] = {"value": wire_state,
-                              "args": list(spec.child_args())}
+                              "args": list(launch_spec(model).child_args())}
     if model.state == "unloaded" and model.failure is not None:
         status.update(failed=True, exit_code=model.failure.exit_code,
                       reason=model.failure.reason, tail=model.failure.tail[-20:])

@@ -83,3 +83,4 @@ def test_a_child_admitted_on_llama_fit_params_estimate_skips_its_own_fit(
     assert ps["memory"]["source"] == "llama-fit-params"
     argv = Path(f"/proc/{ps['pid']}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("--fit") + 1] == "off"
+    assert ps["status"]["args"] == argv[1:argv.index("--fit") + 2]
