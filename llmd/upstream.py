@@ -317,6 +317,7 @@ def _open(key: tuple[str, int]) -> tuple[socket.socket, int]:
 
 async def _connect(key: tuple[str, int]) -> _Connection:
     sock, error = _open(key)
+    conn = _Connection(sock)
     try:
         if error == errno.EINPROGRESS:
             with trio.move_on_after(CONNECT_TIMEOUT) as waited:
@@ -327,10 +328,9 @@ async def _connect(key: tuple[str, int]) -> _Connection:
         if error:
             raise UpstreamBroken(f"cannot connect to {key[0]}:{key[1]}: {os.strerror(error)}")
     except BaseException:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
+        conn.close()
         raise
-    return _Connection(sock)
+    return conn
 
 
 def _head(method: str, target: str, key: tuple[str, int],
