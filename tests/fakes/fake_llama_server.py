@@ -80,7 +80,9 @@ class Handler(BaseHTTPRequestHandler):
         if drop and next(requests) % int(drop) == 0:
             self.close_connection = True  # read the request, answer nothing, hang up
             return
-        n = int(body.get("max_tokens", behaviour.get("tokens", 8)))
+        n = body.get("max_tokens")
+        if type(n) is not int:  # absent, null or nonsense: the default, as llama-server does
+            n = int(behaviour.get("tokens", 8))
         delay = float(behaviour.get("token_delay", 0))
         crash_after = behaviour.get("crash_after_tokens")
         if self.path.endswith("/tokenize"):
