@@ -19,7 +19,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from . import catalog, child, connections
+from . import app_queue, catalog, child, connections
 from .catalog import ModelSpec
 from .config import Config
 from .errors import ConfigError
@@ -285,6 +285,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
     specs = catalog.build(config) if specs is None else specs
     raise_fd_limit()
     connections.install()
+    app_queue.install()
     activation = activation or Activation()
     notifier = notifier or Notifier({})
     shutdown = trio.Event()
