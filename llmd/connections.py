@@ -11,6 +11,7 @@ before any of it is parsed. The wrapper also:
 - keeps the keep-alive timer as one task per connection instead of one per request;
 - sends a response head that declares its length together with its body, and sends
   without a trip through trio's scheduler when the socket takes the bytes at once;
+- reads the socket itself, and waits only when nothing is in;
 - answers a request h11 cannot parse with the documented JSON error body instead of an
   empty one.
 """
@@ -29,11 +30,14 @@ import h11
 import hypercorn.config
 import hypercorn.protocol.h11 as _hypercorn_h11
 import hypercorn.trio.run as _hypercorn_run
+import hypercorn.trio.tcp_server as _hypercorn_tcp
 import trio
 from hypercorn.events import Closed, RawData
 
 from . import hangup, peercred
 from .errors import MalformedRequest, Unavailable
+
+_MAX_RECV = _hypercorn_tcp.MAX_RECV
 
 
 @dataclass
@@ -211,11 +215,47 @@ def install() -> None:
                 self.send_lock.release()
 
         async def _read_data(self) -> None:
-            await super()._read_data()
+            if type(self.stream) is trio.SocketStream:
+                await self._read_socket()
+            else:
+                await super()._read_data()
             # hypercorn leaves its keep-alive timer running after the client has gone,
             # and its nursery waits for it: the socket would stay open that long.
             self.idle_task.cancel()
             self.client.happened()
+
+        async def _read_socket(self) -> None:
+            # hypercorn's read loop, reading the non-blocking socket itself: trio's
+            # receive_some wraps each read in two context managers and passes through the
+            # scheduler even when the bytes are already in. Here only an empty socket
+            # waits. Two reads in a row that did not wait are parted by a checkpoint, so a
+            # client whose bytes never run out still lets the other tasks run.
+            timeout = self.config.read_timeout
+            streak = 0
+            while True:
+                fd = self.stream.socket.fileno()  # -1 once closed: never a reused number
+                try:
+                    data = os.read(fd, _MAX_RECV) if fd >= 0 else b""
+                except BlockingIOError:
+                    streak = 0
+                    try:
+                        if timeout is None:  # hypercorn's default: no cancel scope per wait
+                            await trio.lowlevel.wait_readable(fd)
+                        else:
+                            with trio.fail_after(timeout):
+                                await trio.lowlevel.wait_readable(fd)
+                    except (trio.ClosedResourceError, trio.TooSlowError):
+                        break
+                    continue
+                except OSError:  # reset by the client: as trio's BrokenResourceError
+                    break
+                await self.protocol.handle(RawData(data))
+                if not data:
+                    break
+                streak += 1
+                if streak > 1:
+                    await trio.lowlevel.checkpoint()
+            await self.protocol.handle(Closed())
 
     def serve_connection(app: Any, config: Any, context: Any, state: Any, stream: Any) -> Any:
         limit: Limit | None = getattr(config, "llmd_limit", None)

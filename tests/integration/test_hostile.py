@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -164,6 +165,43 @@ def test_malformed_http_is_refused_and_nothing_is_smuggled(llmd, request_bytes):
     for response in answer.split(b"HTTP/1.1 ")[1:]:  # each with the documented JSON body
         error = json.loads(response.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["error"]
         assert error["code"] == int(response[:3]) and error["message"]
+    assert_unharmed(llmd)
+
+
+def test_pipelined_requests_are_each_answered_in_order(llmd):
+    one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = raw(llmd, one * 3 + last)  # all four in one write
+    assert answer.count(b"HTTP/1.1 200") == 4, answer[:500]
+    assert answer.count(b'{"status": "ok"}') == 3 and answer.rindex(b'"object": "list"') > \
+        answer.rindex(b'{"status": "ok"}')
+    assert_unharmed(llmd)
+
+
+def test_a_client_that_never_stops_sending_does_not_stall_the_others(llmd):
+    stop = threading.Event()
+
+    def flood() -> None:
+        with socket.create_connection(("127.0.0.1", llmd.port), timeout=10) as s:
+            s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
+            try:
+                while not stop.is_set():
+                    s.sendall(chunk)
+            except OSError:
+                pass  # refused with a 413 and closed: llmd is free of it either way
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        time.sleep(0.2)
+        for _ in range(5):
+            start = time.monotonic()
+            assert llmd.http.get("/health").json() == {"status": "ok"}
+            assert time.monotonic() - start < 5
+    finally:
+        stop.set()
+        sender.join()
     assert_unharmed(llmd)
 
 
