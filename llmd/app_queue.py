@@ -31,16 +31,24 @@ def putter(channel: trio.MemorySendChannel[Event]) -> Callable[[Event], Awaitabl
     return put
 
 
-def taker(channel: trio.MemoryReceiveChannel[Event]) -> Callable[[], Awaitable[Event]]:
-    """An async take from `channel` that waits only while it is empty."""
+class Taker:
+    """An async take from a channel that waits only while it is empty.
 
-    async def take() -> Event:
+    `nowait()` takes what is already in, or raises trio.WouldBlock: asgi.read_body reads a
+    body that has arrived whole without the cancel scope that times a slow one.
+    """
+
+    __slots__ = ("nowait", "_receive")
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[Event]) -> None:
+        self.nowait = channel.receive_nowait
+        self._receive = channel.receive
+
+    async def __call__(self) -> Event:
         try:
-            return channel.receive_nowait()
+            return self.nowait()
         except trio.WouldBlock:
-            return await channel.receive()
-
-    return take
+            return await self._receive()
 
 
 async def _spawn_app(self: Any, app: Any, config: Any, scope: Any,
@@ -49,7 +57,7 @@ async def _spawn_app(self: Any, app: Any, config: Any, scope: Any,
     to_app: trio.MemorySendChannel[Event]
     from_server: trio.MemoryReceiveChannel[Event]
     to_app, from_server = trio.open_memory_channel(config.max_app_queue_size)
-    self._nursery.start_soon(_task_group._handle, app, config, scope, taker(from_server), send,
+    self._nursery.start_soon(_task_group._handle, app, config, scope, Taker(from_server), send,
                              trio.to_thread.run_sync, trio.from_thread.run)
     return putter(to_app)
 

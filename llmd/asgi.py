@@ -22,6 +22,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 def query(scope: Scope) -> dict[str, str]:
     """The query string as a dict of first values."""
     raw = scope.get("query_string", b"").decode("latin-1")
+    if not raw:
+        return {}
     return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
 
@@ -48,25 +50,47 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float) 
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    body = _Body(limit)
+    # A receive that offers nowait() (llmd's app queue) gives what has arrived at once: a
+    # body that came whole needs no cancel scope to time it.
+    nowait = getattr(receive, "nowait", None)
+    if nowait is not None:
+        try:
+            while not body.add(nowait()):
+                pass
+            return body.whole()
+        except trio.WouldBlock:
+            pass  # the rest is on its way
     with trio.move_on_after(timeout):  # a client dribbling its body must not hold us
-        return await _read_all(receive, limit)
+        while not body.add(await receive()):
+            pass
+        return body.whole()
     raise RequestTimeout(f"request body not received within {timeout:g}s")
 
 
-async def _read_all(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
+class _Body:
+    """A request body gathered message by message, within a size limit."""
+
+    __slots__ = ("limit", "size", "chunks")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+
+    def add(self, message: Message) -> bool:
+        """Take one ASGI message; whether the body is complete."""
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise BodyTooLarge(f"request body exceeds {self.limit} bytes")
+        self.chunks.append(chunk)
+        return not message.get("more_body", False)
+
+    def whole(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
 class ClientGone(Exception):

@@ -11,7 +11,7 @@ from llmd import app_queue
 
 def _queue(size: int = 2):  # type: ignore[no-untyped-def]
     to_app, from_server = trio.open_memory_channel(size)
-    return app_queue.putter(to_app), app_queue.taker(from_server)
+    return app_queue.putter(to_app), app_queue.Taker(from_server)
 
 
 async def test_an_event_goes_in_and_out_without_a_trip_through_the_scheduler() -> None:
