@@ -4,7 +4,7 @@ One run starts all three on the same model (Gemma 3 270M) and drives each with t
 client load, taking turns request by request to cancel machine drift. It prints a table and writes
 bench/results.md with medians, p99 and llmd's ratio to each baseline.
 
-Run: .venv/bin/python bench/run.py            (about 7 minutes on 2 cores)
+Run: .venv/bin/python bench/run.py            (8-9 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ ROUNDS = 3
 COLD_STARTS = 10
 # A 32-client window's rate moves by a tenth from one turn to the next here (machine drift,
 # and completions finishing 4 at a time): the medians need more turns than the others.
-TOKENIZE_WINDOWS = 12
-COMPLETION_WINDOWS = 9
+TOKENIZE_WINDOWS = 10
+COMPLETION_WINDOWS = 8
 
 
 class Target:
