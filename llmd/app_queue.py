@@ -6,7 +6,7 @@ can go in or come out at once. A request whose body came in one read costs five 
 trips: the body and its end put in, both taken out, and the disconnect notice put in
 after the response. Here an event goes in or comes out at once when it can; only a put
 into a full queue or a take from an empty one waits, and that is where cancellation
-lands. The connection's read loop still passes through the scheduler on every read.
+lands.
 """
 
 from __future__ import annotations

@@ -234,8 +234,10 @@ def install() -> None:
             streak = 0
             while True:
                 fd = self.stream.socket.fileno()  # -1 once closed: never a reused number
+                if fd < 0:
+                    break
                 try:
-                    data = os.read(fd, _MAX_RECV) if fd >= 0 else b""
+                    data = os.read(fd, _MAX_RECV)
                 except BlockingIOError:
                     streak = 0
                     try:
