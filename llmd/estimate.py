@@ -77,6 +77,17 @@ def fit_args(spec: ModelSpec) -> list[str]:
     return args
 
 
+def _identity(path: str | None) -> list[object] | None:
+    """A file's real path, size and mtime: a rebuilt or replaced binary changes it."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [path]
+    return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
+
+
 def find_fit_params(llama_server: str) -> str | None:
     """llama-fit-params beside llama-server, else on PATH."""
     beside = Path(llama_server).with_name("llama-fit-params")
@@ -113,6 +124,10 @@ class Estimator:
 
     def __init__(self, llama_server: str, state_dir: str | None, timeout: float = 60) -> None:
         self.tool = find_fit_params(llama_server)
+        # Another llama.cpp build may estimate differently, and a child admitted on
+        # llama-fit-params' estimate starts with `--fit off`, which a build older than
+        # --fit would refuse: estimates made with other binaries are not reused.
+        self._binaries = [_identity(llama_server), _identity(self.tool)]
         self.timeout = timeout
         self.cache_path = Path(state_dir) / "estimates.json" if state_dir else None
         self.cache: dict[str, dict[str, object]] = {}
@@ -129,7 +144,7 @@ class Estimator:
         except OSError:
             return None
         parts = [os.path.realpath(spec.path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                 *spec.child_args()]
+                 *spec.child_args(), *self._binaries]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
     async def need(self, spec: ModelSpec) -> Need:

@@ -134,6 +134,29 @@ async def test_estimates_are_cached_on_disk_by_file_and_args(tmp_path, monkeypat
     assert len(calls) == 2
 
 
+async def test_estimates_made_with_another_llama_cpp_build_are_not_reused(tmp_path, monkeypatch):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+    server = tmp_path / "bin" / "llama-server"
+    server.parent.mkdir()
+    server.write_bytes(b"build 1")
+    calls = []
+
+    async def fake_fit(tool, args, timeout):
+        calls.append(args)
+        return {"host": 500}
+
+    monkeypatch.setattr(estimate, "run_fit_params", fake_fit)
+    monkeypatch.setattr(estimate, "find_fit_params", lambda server: "/bin/fit")
+    spec = ModelSpec(name="m", path=str(model), args=("-c", "512"))
+    await estimate.Estimator(str(server), str(tmp_path / "state")).need(spec)
+    await estimate.Estimator(str(server), str(tmp_path / "state")).need(spec)
+    assert len(calls) == 1
+    server.write_bytes(b"build 2, older or newer")  # the operator swapped llama.cpp builds
+    await estimate.Estimator(str(server), str(tmp_path / "state")).need(spec)
+    assert len(calls) == 2
+
+
 def test_books_use_measured_over_estimate_and_find_short_devices():
     assert books.held({"host": 800, "gpu0": 100}, {"host": 400}) == {"host": 400, "gpu0": 100}
     devices = [Device("host", "h", 10000, 9000, 1000), Device("gpu0", "g", 8000, 8000, 1000)]
