@@ -113,9 +113,9 @@ def test_garbage_is_not_a_gguf(tmp_path):
         gguf_meta.estimate_mib(str(bad), [])
 
 
-async def test_estimates_are_cached_on_disk_by_file_and_args(tmp_path, monkeypatch):
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"x")
+@pytest.fixture
+def fit_calls(monkeypatch) -> list:
+    """llama-fit-params faked to need 500 MiB of host memory; the arguments of each call."""
     calls = []
 
     async def fake_fit(tool, args, timeout):
@@ -124,37 +124,35 @@ async def test_estimates_are_cached_on_disk_by_file_and_args(tmp_path, monkeypat
 
     monkeypatch.setattr(estimate, "run_fit_params", fake_fit)
     monkeypatch.setattr(estimate, "find_fit_params", lambda server: "/bin/fit")
+    return calls
+
+
+async def test_estimates_are_cached_on_disk_by_file_and_args(tmp_path, fit_calls):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
     spec = ModelSpec(name="m", path=str(model), args=("-c", "512"))
     first = estimate.Estimator("/x/llama-server", str(tmp_path / "state"))
     assert (await first.need(spec)).mib == {"host": 500}
     again = estimate.Estimator("/x/llama-server", str(tmp_path / "state"))  # a restart
     assert (await again.need(spec)).source == "llama-fit-params"
-    assert len(calls) == 1
+    assert len(fit_calls) == 1
     await again.need(ModelSpec(name="m", path=str(model), args=("-c", "1024")))
-    assert len(calls) == 2
+    assert len(fit_calls) == 2
 
 
-async def test_estimates_made_with_another_llama_cpp_build_are_not_reused(tmp_path, monkeypatch):
+async def test_estimates_made_with_another_llama_cpp_build_are_not_reused(tmp_path, fit_calls):
     model = tmp_path / "m.gguf"
     model.write_bytes(b"x")
     server = tmp_path / "bin" / "llama-server"
     server.parent.mkdir()
     server.write_bytes(b"build 1")
-    calls = []
-
-    async def fake_fit(tool, args, timeout):
-        calls.append(args)
-        return {"host": 500}
-
-    monkeypatch.setattr(estimate, "run_fit_params", fake_fit)
-    monkeypatch.setattr(estimate, "find_fit_params", lambda server: "/bin/fit")
     spec = ModelSpec(name="m", path=str(model), args=("-c", "512"))
     await estimate.Estimator(str(server), str(tmp_path / "state")).need(spec)
     await estimate.Estimator(str(server), str(tmp_path / "state")).need(spec)
-    assert len(calls) == 1
+    assert len(fit_calls) == 1
     server.write_bytes(b"build 2, older or newer")  # the operator swapped llama.cpp builds
     await estimate.Estimator(str(server), str(tmp_path / "state")).need(spec)
-    assert len(calls) == 2
+    assert len(fit_calls) == 2
 
 
 def test_books_use_measured_over_estimate_and_find_short_devices():
