@@ -307,6 +307,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
             reloader = Reloader(load, config, scheduler, [router, control])
             router.reload = control.reload = reloader
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(upstream.close_idle)
                 await nursery.start(scheduler.run)
                 async with trio.open_nursery() as servers:
                     servers.start_soon(_until_signal, shutdown, reloader)

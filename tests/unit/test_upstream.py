@@ -273,3 +273,30 @@ async def test_a_child_that_never_reads_the_request_is_given_up_on(serve, autoju
     server = await serve(deaf)
     with pytest.raises(UpstreamBroken, match="not sent within 5s"):
         await Upstream().request("POST", server.url, "/", [], b"x" * (16 << 20))
+
+
+async def test_a_connection_left_unused_is_closed_so_the_child_stops_polling_it(serve, nursery):
+    # cpp-httplib polls a kept-alive connection every 10 ms while it waits for the next request.
+    closes = 0
+
+    async def answer_then_count_close(stream: trio.SocketStream, number: int) -> None:
+        nonlocal closes
+        while await read_request(stream):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        closes += 1
+
+    async def closed(count: int) -> None:
+        with trio.fail_after(5):
+            while closes < count:
+                await trio.sleep(0.02)
+
+    server = await serve(answer_then_count_close)
+    upstream = Upstream()
+    nursery.start_soon(upstream.close_idle)
+    assert await body_of(upstream, server.url) == (200, b"ok")
+    assert await body_of(upstream, server.url) == (200, b"ok")  # back to back: kept
+    assert server.connections == 1
+    await closed(1)
+    assert await body_of(upstream, server.url) == (200, b"ok")
+    assert server.connections == 2 and upstream.retries == 0
+    await closed(2)  # the sweeper, idle with nothing pooled, woke for the new connection
