@@ -22,9 +22,12 @@ WRITE_TIMEOUT = 60.0
 KEEPALIVE = 64  # idle connections kept per child
 # cpp-httplib's thread for a kept-alive connection wakes every 10 ms to poll it until the
 # next request, for up to 5 s: 32 idle connections cost a child 3,200 wakeups and ~5% of a
-# core a second, taken from whatever computes. One left unused this long is closed; a
-# client sending back to back still finds its connection; a reconnect costs ~0.4 ms.
-IDLE_SECONDS = 0.25
+# core a second, taken from whatever computes. So what a burst leaves beyond one
+# connection per child is closed once unused this long (a reconnect costs ~0.4 ms)...
+SURPLUS_SECONDS = 0.25
+# ...and the last one, kept for a client that pauses between requests, before cpp-httplib
+# closes it at 5 s: sending on a connection the child is closing would fail.
+IDLE_SECONDS = 4.0
 _CHUNK = 65536
 
 
@@ -280,16 +283,15 @@ class Upstream:
                 del self._idle[key]
 
     async def close_idle(self) -> None:
-        """Close connections as they pass IDLE_SECONDS unused; runs until cancelled."""
+        """Close idle connections as they expire; runs until cancelled."""
         while True:
             self._prune()
-            # Each list is oldest first, and _prune leaves none empty.
-            oldest = min((idle[0].idle_since for idle in self._idle.values()), default=None)
-            if oldest is None:
+            due = min(map(_expiry, self._idle.values()), default=None)  # none left empty
+            if due is None:
                 self._pooled = trio.Event()
                 await self._pooled.wait()
             else:
-                await trio.sleep_until(oldest + IDLE_SECONDS)
+                await trio.sleep_until(due)
 
     def forget(self, base_url: str) -> None:
         """Close the idle connections to a child that has exited."""
@@ -310,9 +312,13 @@ class Upstream:
         self._idle.clear()
 
 
+def _expiry(idle: list[_Connection]) -> float:
+    """When the first of `idle` (oldest first) is due to be closed."""
+    return idle[0].idle_since + (SURPLUS_SECONDS if len(idle) > 1 else IDLE_SECONDS)
+
+
 def _close_expired(idle: list[_Connection], now: float) -> None:
-    # The oldest first: the child has closed its end by now.
-    while idle and now - idle[0].idle_since >= IDLE_SECONDS:
+    while idle and now >= _expiry(idle):
         idle.pop(0).close()
 
 
