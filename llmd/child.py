@@ -177,7 +177,11 @@ def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = ""
             stdout=write_fd,
             stderr=write_fd,
             env=env,
-            start_new_session=True,
+            # A process group of its own, for signal_group, but llmd's session. Linux's
+            # scheduler autogroups (on by default) make each session one group sharing CPU
+            # with the others. A child in a session of its own served 32 clients'
+            # completions at 0.87x direct llama-server; in llmd's, 1.0x.
+            process_group=0,
             preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),
         )
     except BaseException:
