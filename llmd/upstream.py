@@ -8,6 +8,7 @@ every request and was half of llmd's CPU per request (bench/results.md).
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
@@ -199,7 +200,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
-        self._pooled = trio.Event()  # set when a connection goes idle
+        self._sweep = trio.CancelScope()  # close_idle's sleep, until the next expiry
         self.retries = 0  # requests sent again after a kept-alive connection went stale
 
     async def request(self, method: str, base_url: str, target: str,
@@ -255,7 +256,9 @@ class Upstream:
             return
         conn.idle_since = now
         idle.append(conn)
-        self._pooled.set()
+        due = _expiry(idle)
+        if due < self._sweep.deadline:  # a burst's surplus: sooner than close_idle expects
+            self._sweep.deadline = due
 
     def _spare(self, key: tuple[str, int]) -> None:
         """Start a connection for the child's next request now, off that request's path.
@@ -286,12 +289,9 @@ class Upstream:
         """Close idle connections as they expire; runs until cancelled."""
         while True:
             self._prune()
-            due = min(map(_expiry, self._idle.values()), default=None)  # none left empty
-            if due is None:
-                self._pooled = trio.Event()
-                await self._pooled.wait()
-            else:
-                await trio.sleep_until(due)
+            due = min(map(_expiry, self._idle.values()), default=math.inf)  # none left empty
+            with trio.CancelScope(deadline=due) as self._sweep:
+                await trio.sleep_forever()
 
     def forget(self, base_url: str) -> None:
         """Close the idle connections to a child that has exited."""
