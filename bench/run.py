@@ -4,7 +4,7 @@ One run starts all three on the same model (Gemma 3 270M) and drives each with t
 client load, taking turns request by request to cancel machine drift. It prints a table and writes
 bench/results.md with medians, p99 and llmd's ratio to each baseline.
 
-Run: .venv/bin/python bench/run.py            (8 to 9 minutes on 2 cores)
+Run: .venv/bin/python bench/run.py            (8 to 9.5 minutes on 2 cores)
 """
 
 from __future__ import annotations
