@@ -269,7 +269,6 @@ class Upstream:
         nothing waits for it; a request that takes it finds it connected (or, if the
         child has gone, dropped).
         """
-        self._prune()
         sock, error = _open(key)
         if error not in (0, errno.EINPROGRESS):
             sock.close()
@@ -277,8 +276,8 @@ class Upstream:
         self._put(key, _Connection(sock))
 
     def _prune(self) -> None:
-        # A spare for a child that exited just after its stream ended is never taken:
-        # connections idle too long are closed here, whichever child they were for.
+        # Whichever child they were for: a spare for a child that exited just after its
+        # stream ended is never taken, and is closed here when it expires.
         now = trio.current_time()
         for key in list(self._idle):
             _close_expired(self._idle[key], now)
