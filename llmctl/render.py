@@ -46,10 +46,12 @@ def state(model: dict[str, Any]) -> str:
 
 
 def memory(m: dict[str, Any]) -> str:
-    """Estimate and measured use per device: `host 773/412M` (estimate/measured)."""
+    """Estimate, booked prompt cache and measured use per device: `host 765+512/412M`."""
     mem = m.get("memory") or {}
     est, used = mem.get("estimate_mib") or {}, mem.get("measured_mib") or {}
-    parts = [f"{d} {est.get(d, '-')}/{used.get(d, '-')}M" for d in sorted({*est, *used})]
+    growth = mem.get("growth_mib") or {}
+    parts = [f"{d} {est.get(d, '-')}{'+' + str(growth[d]) if growth.get(d) else ''}"
+             f"/{used.get(d, '-')}M" for d in sorted({*est, *used, *growth})]
     return ", ".join(parts) or "-"
 
 
@@ -59,7 +61,7 @@ def ps(models: list[dict[str, Any]]) -> str:
              duration(m.get("uptime")), ago(m.get("last_used")),
              duration(m.get("ttl_left")) if m.get("ttl_left") is not None else "-")
             for m in models]
-    return table(("NAME", "STATE", "PORT", "PID", "IN-FLIGHT", "MEMORY EST/USED", "UPTIME",
+    return table(("NAME", "STATE", "PORT", "PID", "IN-FLIGHT", "MEMORY EST+CACHE/USED", "UPTIME",
                   "LAST USED", "TTL LEFT"), rows)
 
 
@@ -75,9 +77,14 @@ def status(info: dict[str, Any]) -> str:
     devices = info.get("devices") or []
     if devices:
         lines.append("")
-        lines.append(table(("DEVICE", "NAME", "TOTAL", "FREE", "MARGIN", "COMMITTED"), [
-            (d["id"], d["name"], f"{d['total_mib']}M", f"{d['free_mib']}M", f"{d['margin_mib']}M",
-             f"{d['committed_mib']}M") for d in devices]))
+        lines.append(table(
+            ("DEVICE", "NAME", "TOTAL", "FREE", "OTHERS", "MODELS EST/USED", "CACHE", "BOOKED",
+             "MARGIN", "ROOM"),
+            [(d["id"], d["name"], f"{d['total_mib']}M", f"{d['free_mib']}M",
+              f"{d.get('others_mib', '-')}M",
+              f"{d.get('estimate_mib', '-')}/{d.get('measured_mib', '-')}M",
+              f"{d.get('growth_mib', '-')}M", f"{d.get('booked_mib', d['committed_mib'])}M",
+              f"{d['margin_mib']}M", f"{d.get('room_mib', '-')}M") for d in devices]))
     else:
         lines.append("  memory accounting off (memory_margin_mib = 0)")
     return "\n".join(lines)

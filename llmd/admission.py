@@ -1,8 +1,10 @@
 """Admission: loads start one at a time, first come first served, once there is room.
 
 A model may start when the models running beside it stay within models_max and, where
-memory is accounted, within every device's budget. Until then idle models are evicted,
-lowest priority and least recently used first (eviction.victim). When only busy ones
+memory is accounted, within every device's room (books.py: free memory now, plus what
+llmd's children hold, less what is booked and the margin). Until then idle models are
+evicted, lowest priority and least recently used first (eviction.victim). Each eviction's
+room is spent only once the device reports the memory free again. When only busy ones
 are left, one is drained for the load: its requests in flight finish, and those that
 arrive meanwhile queue behind the load instead of keeping it busy for ever.
 """
@@ -14,9 +16,11 @@ from typing import Awaitable, Callable, Mapping
 
 import trio
 
-from . import books, eviction
+from . import books, eviction, prompt_cache
+from .books import Ledger
 from .errors import NoRoom
 from .model import DeviceTable, Model
+from .releases import RELEASE_TIMEOUT, Releases
 
 log = logging.getLogger("llmd.admission")
 
@@ -36,9 +40,13 @@ class Admission:
                  evict: Callable[[Model], Awaitable[object]],
                  drain: Callable[[Model], None], undrain: Callable[[Model], None],
                  models_max: int = 4, min_residency: float = 0,
-                 drain_timeout: float = 600) -> None:
+                 drain_timeout: float = 600, cache_ram_mib: int = 0,
+                 release_timeout: float = RELEASE_TIMEOUT) -> None:
         self.models = models
         self.devices = devices  # None: count models only, no memory accounting
+        self.cache_ram_mib = cache_ram_mib  # the most prompt cache a child is given
+        # Memory of stopped children that their devices have not reported free yet.
+        self.releases = None if devices is None else Releases(devices, release_timeout)
         self.models_max = models_max
         self.min_residency = min_residency  # seconds a loaded model serves before eviction
         self.drain_timeout = drain_timeout
@@ -57,16 +65,21 @@ class Admission:
         await self._freed.wait()
 
     async def admit(self, model: Model) -> None:
-        """Wait our turn, then evict until the count and memory allow `model`; else NoRoom."""
+        """Wait our turn, then evict until the count and memory allow `model`; else NoRoom.
+
+        Raises TooBig, or NoRoom at once, when the model can't fit however much is evicted.
+        """
         async with self._turn:
             drained: list[Model] = []
+            self._book_growth_up_front(model)
             try:
                 with trio.move_on_after(self.drain_timeout):
-                    while not await self._make_room(model, drained):
+                    while (fitted := await self._make_room(model, drained)) is None:
                         now = trio.current_time()
                         with trio.move_on_at(eviction.next_settled(
                                 self.models.values(), self.min_residency, now)):
                             await self.wait_freed()
+                    self._size_prompt_cache(model, fitted)
                     return
             finally:
                 for m in drained:  # room found elsewhere, or we gave up
@@ -75,14 +88,46 @@ class Admission:
                 f"no room to load '{model.spec.name}': every model that would have to be "
                 f"unloaded stayed busy for drain_timeout ({self.drain_timeout:g}s)")
 
-    async def _make_room(self, model: Model, drained: list[Model]) -> bool:
-        """Evict what can go now; True once `model` fits, False to wait for more."""
+    def _book_growth_up_front(self, model: Model) -> None:
+        model.cache_ram = None
+        model.growth = {}
+        if self.devices is None:
+            return  # memory accounting off: the child's arguments stay as configured
+        explicit = prompt_cache.booked_up_front(model.spec.child_args())
+        if explicit:
+            model.growth = {"host": explicit}
+        elif prompt_cache.value(model.spec.child_args()) == prompt_cache.UNLIMITED:
+            log.warning("%s: --cache-ram -1 lets its prompt cache grow without limit; "
+                        "llmd can't book that", model.spec.name)
+
+    def _size_prompt_cache(self, model: Model, fitted: list[Ledger]) -> None:
+        """Give a child whose arguments don't set --cache-ram the cache the host has room for."""
+        if self.devices is None or prompt_cache.given(model.spec.child_args()):
+            return
+        need = model.holding().need().get("host", 0)
+        model.cache_ram = prompt_cache.sized(self.cache_ram_mib, books.room(fitted, "host") - need)
+        model.growth = {"host": model.cache_ram} if model.cache_ram else {}
+        if model.cache_ram < self.cache_ram_mib:
+            log.info("%s: prompt cache limited to %d MiB (the room left on the host)",
+                     model.spec.name, model.cache_ram)
+
+    async def _make_room(self, model: Model, drained: list[Model]) -> list[Ledger] | None:
+        """Evict what can go now; the books once `model` fits, None to wait for more."""
         while True:
-            short = self.short_devices(model)
+            if self.releases is not None:
+                await self.releases.settle()
+            ledgers = self.books(exclude=model)
+            short = self._short(model, ledgers)
             over = bool(self.models_max) and self._running_count(model) >= self.models_max
             if not short and not over:
-                return True
+                return ledgers
             where = short if not over else []
+            for b in ledgers:
+                if b.device.id in short:
+                    log.debug("%s: %s short: needs %d MiB, room %d (free %d + children %d "
+                              "- booked %d - margin %d)", model.spec.name, b.device.id,
+                              model.holding().need().get(b.device.id, 0), b.room,
+                              b.device.free, b.children, b.booked, b.device.margin)
             # A model loaded less than min_residency ago is not evicted yet: under a swap
             # storm each load then serves its clients for a while, not one request each.
             settled = trio.current_time() - self.min_residency
@@ -99,26 +144,41 @@ class Admission:
                      model.spec.name, busy.spec.name)
             drained.append(busy)
             self._drain(busy)
-        return False
+        return None
+
+    def _short(self, model: Model, ledgers: list[Ledger]) -> list[str]:
+        need = model.holding().need()
+        if not ledgers or not any(need.values()):
+            return []
+        books.check_fits_alone(model.spec.name, need, ledgers)
+        return books.short_devices(need, ledgers)
 
     def short_devices(self, model: Model) -> list[str]:
         """Devices where `model` would not fit beside the running models now."""
-        if self.devices is None or not model.need:
-            return []
-        devices = self.devices.read()
-        books.check_fits_alone(model.spec.name, model.need, devices)
-        return books.short_devices(model.need, devices, self.committed(exclude=model))
+        return self._short(model, self.books(exclude=model))
 
-    def committed(self, exclude: Model | None = None) -> dict[str, int]:
-        """MiB held per device by admitted models."""
-        return books.committed(m.holding() for m in self.models.values()
-                               if m is not exclude and m.state in RUNNING)
-
-    def device_table(self) -> list[dict[str, object]]:
-        """Devices with total, free, margin and what llmd's models hold."""
+    def books(self, exclude: Model | None = None) -> list[Ledger]:
+        """Every device's books now; empty when memory is not accounted."""
         if self.devices is None:
             return []
-        return books.device_table(self.devices.read(), self.committed())
+        admitted = [m for m in self.models.values() if m is not exclude and m.state in RUNNING]
+        back = self.devices.add_back(m.handle.pid for m in admitted if m.handle is not None)
+        return books.ledgers(self.devices.read(), [m.holding() for m in admitted],
+                             [back.get(m.handle.pid) if m.handle is not None else None
+                              for m in admitted])
+
+    def committed(self, exclude: Model | None = None) -> dict[str, int]:
+        """MiB booked per device by admitted models."""
+        total: dict[str, int] = {}
+        for m in self.models.values():
+            if m is not exclude and m.state in RUNNING:
+                for device, mib in m.booked().items():
+                    total[device] = total.get(device, 0) + mib
+        return total
+
+    def device_table(self) -> list[dict[str, object]]:
+        """Every device's books, as status and metrics report them."""
+        return [b.to_json() for b in self.books()]
 
     def _running_count(self, model: Model) -> int:
         return sum(1 for m in self.models.values() if m is not model and m.state in RUNNING)

@@ -49,6 +49,7 @@ class Config:
     models_max: int = 4
     memory_margin_mib: int = 1024
     device_margins_mib: tuple[tuple[str, int], ...] = ()  # per device id, e.g. gpu0 = 2048
+    cache_ram_mib: int = 1024  # the most host-RAM prompt cache (--cache-ram) a child gets
     estimate_timeout: float = 60
     autoload: bool = True
     api_keys: tuple[str, ...] = ()
@@ -82,6 +83,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "llama_server": ((str,), str),
     "models_max": ((int,), int),
     "memory_margin_mib": ((int,), int),
+    "cache_ram_mib": ((int,), int),
     "autoload": ((bool,), bool),
     "stop_timeout": ((int, float), float),
     "drain_timeout": ((int, float), float),
@@ -109,7 +111,7 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "priority": ((int,), int),
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
-_NON_NEGATIVE = {"models_max", "memory_margin_mib", "stop_timeout", "drain_timeout",
+_NON_NEGATIVE = {"models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",
                  "min_residency",
                  "estimate_timeout",
                  "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl",

@@ -168,6 +168,7 @@ def memory_accounting(config: Config) -> dict[str, object]:
     if config.memory_margin_mib == 0 and not config.device_margins_mib:
         return {}
     return {"devices": Devices(config.memory_margin_mib, dict(config.device_margins_mib)),
+            "cache_ram_mib": config.cache_ram_mib,
             "estimator": Estimator(config.llama_server, config.state_dir,
                                    timeout=config.estimate_timeout)}
 
@@ -201,7 +202,8 @@ class Reloader:
                 log.warning("%s changed; it takes effect when llmd restarts", key)
         result = self.scheduler.update(specs, models_max=config.models_max,
                                        drain_timeout=config.drain_timeout,
-                                       min_residency=config.min_residency)
+                                       min_residency=config.min_residency,
+                                       cache_ram_mib=config.cache_ram_mib)
         self.scheduler.default_args, self.scheduler.allow_pull = config.args, config.allow_pull
         for app in self.apps:
             app.config = config

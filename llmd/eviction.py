@@ -20,7 +20,7 @@ def victim(models: Iterable[Model], for_model: Model, short: list[str],
                   if m is not for_model and m.state == "loaded" and (busy or m.leases == 0)
                   and m.waiters == 0 and not m.spec.pin
                   and (m.loaded_at is None or m.loaded_at <= settled)
-                  and (not short or any(m.holding().get(d) for d in short))]
+                  and (not short or any(m.booked().get(d) for d in short))]
     return min(candidates, key=lambda m: (m.spec.priority, m.last_used), default=None)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 log = logging.getLogger("llmd.memory")
 
@@ -37,6 +37,19 @@ def parse_meminfo(text: str) -> tuple[int, int]:
             values[key] = int(parts[0])
     total = values.get("MemTotal", 0) // 1024
     return total, values.get("MemAvailable", values.get("MemFree", 0)) // 1024
+
+
+def process_host_unfree(pid: int, proc: str = "/proc") -> int | None:
+    """MiB of a process's host memory that MemAvailable counts as used: its anonymous and
+    shared-memory pages. Its file-backed pages (a model mapped with mmap) are page cache,
+    which MemAvailable already counts as available. None when the process is gone."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            kib = sum(int(line.split()[1]) for line in f
+                      if line.startswith(("RssAnon:", "RssShmem:")))
+    except (OSError, ValueError, IndexError):
+        return None
+    return kib // 1024
 
 
 def process_host_use(pid: int, proc: str = "/proc") -> int | None:
@@ -96,15 +109,20 @@ class Nvml:
 
     def process_use(self, pid: int) -> dict[str, int]:
         """MiB a process uses on each GPU it is on."""
-        use: dict[str, int] = {}
+        return self.processes().get(pid, {})
+
+    def processes(self) -> dict[int, dict[str, int]]:
+        """MiB each process on a GPU uses there, by pid, in one pass over the GPUs."""
+        use: dict[int, dict[str, int]] = {}
         for index, handle in enumerate(self._handles()):
             try:
                 procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
             except Exception:
                 continue
             for p in procs:
-                if p.pid == pid and p.usedGpuMemory is not None:
-                    use[f"gpu{index}"] = use.get(f"gpu{index}", 0) + p.usedGpuMemory // MIB
+                if p.usedGpuMemory is not None:
+                    per = use.setdefault(p.pid, {})
+                    per[f"gpu{index}"] = per.get(f"gpu{index}", 0) + p.usedGpuMemory // MIB
         return use
 
 
@@ -112,11 +130,13 @@ class Devices:
     """The device table: host plus GPUs, with each device's margin."""
 
     def __init__(self, margin_mib: int, margins: Mapping[str, int] | None = None,
-                 nvml: Nvml | None = None, meminfo: str = "/proc/meminfo") -> None:
+                 nvml: Nvml | None = None, meminfo: str = "/proc/meminfo",
+                 proc: str = "/proc") -> None:
         self.margin_mib = margin_mib
         self.margins = dict(margins or {})
         self._nvml = nvml
         self.meminfo = meminfo
+        self.proc = proc
 
     @property
     def nvml(self) -> Nvml:
@@ -137,10 +157,24 @@ class Devices:
             devices.append(Device(device_id, name, gpu_total, gpu_free, self._margin(device_id)))
         return devices
 
+    def add_back(self, pids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """Per child, the MiB on each device that the device's free figure counts as used
+        by it: host anonymous memory, GPU memory. Admission adds these back to free."""
+        pids = list(pids)
+        gpus = self.nvml.processes() if pids else {}
+        found: dict[int, dict[str, int]] = {}
+        for pid in pids:
+            use = dict(gpus.get(pid, {}))
+            host = process_host_unfree(pid, self.proc)
+            if host is not None:
+                use["host"] = host
+            found[pid] = use
+        return found
+
     def process_use(self, pid: int) -> dict[str, int]:
-        """What a child really uses, per device, in MiB."""
+        """What a child really uses, per device, in MiB: host PSS, GPU memory."""
         use = self.nvml.process_use(pid)
-        host = process_host_use(pid)
+        host = process_host_use(pid, self.proc)
         if host is not None:
             use["host"] = host
         return use

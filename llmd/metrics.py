@@ -86,12 +86,25 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+_DEVICE_FIGURES = (
+    ("total", "total_mib", "in all"),
+    ("free", "free_mib", "free now, as the device reports it"),
+    ("others", "others_mib", "used by programs other than llmd's children"),
+    ("children", "children_mib", "held by llmd's children that the device counts as used"),
+    ("estimate", "estimate_mib", "estimated for llmd's admitted models"),
+    ("measured", "measured_mib", "measured in use by llmd's children"),
+    ("growth", "growth_mib", "booked for children to grow into (prompt cache)"),
+    ("booked", "booked_mib", "booked by llmd's admitted models"),
+    ("committed", "committed_mib", "booked by llmd's admitted models (as booked)"),
+    ("margin", "margin_mib", "kept free"),
+    ("room", "room_mib", "left for one more model"),
+)
+
+
 def _devices(scheduler: Scheduler) -> list[str]:
     table = scheduler.admission.device_table()
     lines = []
-    for metric, key, text in (("committed", "committed_mib", "held by llmd's models"),
-                              ("free", "free_mib", "free now"),
-                              ("total", "total_mib", "in all")):
+    for metric, key, text in _DEVICE_FIGURES:
         lines += [f"# HELP llmd_device_memory_{metric}_bytes Memory {text}, per device.",
                   f"# TYPE llmd_device_memory_{metric}_bytes gauge"]
         for device in table:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import trio
 
@@ -45,6 +45,8 @@ class DeviceTable(Protocol):
 
     def process_use(self, pid: int) -> dict[str, int]: ...
 
+    def add_back(self, pids: Iterable[int]) -> dict[int, dict[str, int]]: ...
+
 
 class NeedSource(Protocol):
     """Where a model's need per device comes from: estimate.Estimator, or a stub."""
@@ -82,6 +84,8 @@ class Model:
     output: list[str] = field(default_factory=list)  # the last child's output, kept after it ends
     need: dict[str, int] = field(default_factory=dict)  # MiB per device, estimated
     need_source: str = ""
+    growth: dict[str, int] = field(default_factory=dict)  # MiB per device booked to grow into
+    cache_ram: int | None = None  # the --cache-ram llmd passes its child (None: none)
     measured: dict[str, int] = field(default_factory=dict)  # MiB per device, once loaded
     measured_at: float = -math.inf
     activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
@@ -91,6 +95,10 @@ class Model:
     pulled: int = 0  # the attempt whose pull completed
     file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
 
-    def holding(self) -> dict[str, int]:
-        """What this model holds per device in the books."""
-        return books.held(self.need, self.measured)
+    def holding(self) -> books.Holding:
+        """This model's figures for the books."""
+        return books.Holding(self.need, self.growth, self.measured)
+
+    def booked(self) -> dict[str, int]:
+        """What the books hold for this model per device, in MiB."""
+        return self.holding().booked()

@@ -73,9 +73,12 @@ def launch_spec(model: Model) -> ModelSpec:
     # estimated these arguments as given (--fit-print does not fit them) and admission
     # made room for that much, so a second fit would find nothing to shrink. The
     # operator's own --fit settings stay in charge.
-    if model.need_source != "llama-fit-params" or _FIT_FLAGS & set(spec.args):
-        return spec
-    return dataclasses.replace(spec, args=(*spec.args, "--fit", "off"))
+    extra: tuple[str, ...] = ()
+    if model.need_source == "llama-fit-params" and not _FIT_FLAGS & set(spec.args):
+        extra += ("--fit", "off")
+    if model.cache_ram is not None:  # the prompt cache admission booked (prompt_cache.py)
+        extra += ("--cache-ram", str(model.cache_ram))
+    return dataclasses.replace(spec, args=(*spec.args, *extra)) if extra else spec
 
 
 def measure(model: Model, devices: DeviceTable) -> None:

@@ -48,6 +48,7 @@ class Scheduler:
         hub: Any = None,
         default_args: tuple[str, ...] = (),
         allow_pull: bool = False,
+        cache_ram_mib: int = 0,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
@@ -55,7 +56,8 @@ class Scheduler:
         self.devices = devices  # None: count models only, no memory accounting
         self.admission = Admission(self.models, devices, evict=self._unload, drain=self._drain,
                                    undrain=self._undrain, models_max=models_max,
-                                   min_residency=min_residency, drain_timeout=drain_timeout)
+                                   min_residency=min_residency, drain_timeout=drain_timeout,
+                                   cache_ram_mib=cache_ram_mib)
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
         self.default_args = default_args  # for hub models named in a request or llmctl
@@ -211,7 +213,7 @@ class Scheduler:
             if model.state == DRAINING and model.leases:
                 self._nursery_start(self._stop_when_drained, model)
             else:
-                model.scope.cancel()
+                self._stop(model)
         # Wait for this run to end, not for the state to read "unloaded": requests queued
         # for the model may start its next load before this task runs again.
         attempt = model.attempt
@@ -223,7 +225,15 @@ class Scheduler:
         while model.leases and model.state == DRAINING:
             await self.admission.wait_freed()
         if model.state == DRAINING and model.scope is not None:
-            model.scope.cancel()
+            self._stop(model)
+
+    def _stop(self, model: Model) -> None:
+        """Stop the model's child, or its load, noting what memory it leaves to release."""
+        assert model.scope is not None
+        releases = self.admission.releases
+        if releases is not None and model.handle is not None and not model.scope.cancel_called:
+            releases.stopping(model.spec.name, model.handle.pid)
+        model.scope.cancel()
 
     def _nursery_start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is None:
@@ -263,10 +273,13 @@ class Scheduler:
             finally:
                 if model.handle is not None:
                     model.output = model.handle.tail(1 << 20)
+                    if self.admission.releases is not None:
+                        self.admission.releases.exited(model.handle.pid)
         model.scope = None
         model.pull_only = False
         model.handle = None
         model.measured = {}
+        model.growth, model.cache_ram = {}, None
         model.loaded_at = None
         model.keep = False
         if scope.cancelled_caught:
@@ -345,11 +358,14 @@ class Scheduler:
     # ---- reload ---------------------------------------------------------------
 
     def update(self, specs: dict[str, ModelSpec], *, models_max: int, drain_timeout: float,
-               min_residency: float = 0) -> dict[str, list[str]]:
+               min_residency: float = 0, cache_ram_mib: int | None = None
+               ) -> dict[str, list[str]]:
         """Take a new catalog: add models, retire removed ones, restart changed ones when idle."""
         self.admission.models_max = models_max
         self.admission.drain_timeout = drain_timeout
         self.admission.min_residency = min_residency
+        if cache_ram_mib is not None:
+            self.admission.cache_ram_mib = cache_ram_mib
         added, removed, changed = [], [], []
         for name, spec in specs.items():
             model = self.models.get(name)

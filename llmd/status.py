@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from .prepare import launch_spec
 
+_ADMITTED = ("loading", "loaded", "draining")
+
 if TYPE_CHECKING:
     from .scheduler import Model
 
@@ -44,7 +46,9 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
                       "rate": round(model.progress.rate(now))}
                      if model.progress is not None else None),
         "memory": {"estimate_mib": model.need, "source": model.need_source,
-                   "measured_mib": model.measured},
+                   "measured_mib": model.measured, "growth_mib": model.growth,
+                   "booked_mib": model.booked() if model.state in _ADMITTED else {},
+                   "cache_ram_mib": model.cache_ram},
         "ttl": spec.ttl,
         "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
                      if spec.ttl and model.state == "loaded" and not model.leases else None),

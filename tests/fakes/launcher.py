@@ -44,14 +44,19 @@ class FakeLauncher:
 
     def __init__(self) -> None:
         self.behaviour: dict[str, Behaviour] = {}
+        self.log: list[tuple[str, str]] = []  # ("launch" | "ready" | "exit", name), in order
+        self.on_exit: Callable[[str, int], None] | None = None
         self.launches: list[str] = []
         self.running: dict[str, FakeHandle] = {}
         self.cancelled: list[str] = []
+        self.specs: dict[str, ModelSpec] = {}  # the spec each model was last launched with
         self._next_pid = 1000
 
     async def __call__(self, spec: ModelSpec, on_ready: Callable[[FakeHandle], None]) -> Exit:
         b = self.behaviour.get(spec.name, Behaviour())
         self.launches.append(spec.name)
+        self.log.append(("launch", spec.name))
+        self.specs[spec.name] = spec
         self._next_pid += 1
         handle = FakeHandle(self._next_pid, 20000 + self._next_pid, f"fake://{spec.name}")
         try:
@@ -62,6 +67,7 @@ class FakeLauncher:
                 return Exit(b.fail_code, f"llama-server exited with code {b.fail_code} while "
                             "loading", ["error: bad model"], False)
             self.running[spec.name] = handle
+            self.log.append(("ready", spec.name))
             on_ready(handle)
             await handle.exited.wait()
             return Exit(handle.code, f"llama-server exited with code {handle.code}",
@@ -72,4 +78,7 @@ class FakeLauncher:
                 await trio.sleep(b.stop_seconds)
             raise
         finally:
-            self.running.pop(spec.name, None)
+            if self.running.pop(spec.name, None) is not None:
+                self.log.append(("exit", spec.name))
+                if self.on_exit is not None:
+                    self.on_exit(spec.name, handle.pid)

@@ -70,7 +70,13 @@ def assert_unharmed(d: Llmd) -> None:
     for argv in children(d):  # only the configured child, with only configured arguments
         argv = argv[argv.index(str(FAKE_SERVER)):]  # the fake runs under its #! interpreter
         assert argv[1:5] == ["--model", model, "--alias", "m"], argv
-        assert argv[5:-4] == list(d.config.get("args", ["--ctx-size", "4096"])), argv
+        configured = list(d.config.get("args", ["--ctx-size", "4096"]))
+        assert argv[5:5 + len(configured)] == configured, argv
+        # llmd's own, and only these: no --fit pass, and the prompt cache it booked.
+        added = argv[5 + len(configured):-4]
+        pairs = list(zip(added[::2], added[1::2]))
+        assert all(p == ("--fit", "off") or (p[0] == "--cache-ram" and p[1].isdigit())
+                   for p in pairs) and len(added) == 2 * len(pairs), argv
         assert argv[-4:-1] == ["--host", "127.0.0.1", "--port"], argv
 
 

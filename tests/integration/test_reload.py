@@ -33,7 +33,8 @@ def test_llmctl_reload_adds_removes_and_restarts_changed_models(daemon, fake_ser
     wait_until(lambda: "a" not in d.models(), 10, "a to be unloaded and removed")
     wait_until(lambda: d.models()["b"]["status"]["value"] == "loaded"
                and d.models()["b"]["pid"] != old_b, 10, "b to restart")
-    assert d.models()["b"]["status"]["args"][-2:] == ["--temp", "0"]
+    args = d.models()["b"]["status"]["args"]
+    assert args[args.index("--temp"):args.index("--temp") + 2] == ["--temp", "0"]
     assert d.chat("c").status_code == 200
     assert d.chat("a").status_code == 400
 

@@ -9,7 +9,7 @@ import pytest
 
 from llmd import books, estimate, gguf_meta
 from llmd.catalog import ModelSpec
-from llmd.errors import TooBig
+from llmd.errors import NoRoom, TooBig
 from llmd.memory import Device, Devices, Nvml, parse_meminfo, process_host_use
 
 MIB = 1 << 20
@@ -155,19 +155,52 @@ async def test_estimates_made_with_another_llama_cpp_build_are_not_reused(tmp_pa
     assert len(fit_calls) == 2
 
 
-def test_books_use_measured_over_estimate_and_find_short_devices():
-    assert books.held({"host": 800, "gpu0": 100}, {"host": 400}) == {"host": 400, "gpu0": 100}
-    devices = [Device("host", "h", 10000, 9000, 1000), Device("gpu0", "g", 8000, 8000, 1000)]
-    in_use = books.committed([{"host": 5000}, {"host": 3000, "gpu0": 6000}])
-    assert books.short_devices({"host": 500}, devices, in_use) == []
-    assert books.short_devices({"host": 1500, "gpu0": 2000}, devices, in_use) == ["host", "gpu0"]
+def test_books_count_free_memory_other_programs_and_bookings():
+    # 10 GiB host, 7000 free; llmd's one child holds 1000 of the used 3000 (anonymous).
+    devices = [Device("host", "h", 10000, 7000, 1000), Device("gpu0", "g", 8000, 8000, 1000)]
+    holding = books.Holding({"host": 800}, {"host": 200}, {"host": 1200})
+    (host, gpu) = books.ledgers(devices, [holding], [{"host": 1000}])
+    assert host.others == 2000 and host.booked == 1200 and host.growth == 200
+    assert host.room == 10000 - 2000 - 1200 - 1000
+    assert gpu.room == 7000 and gpu.others == 0
+    assert books.short_devices({"host": 5800}, [host, gpu]) == []
+    assert books.short_devices({"host": 5801, "gpu0": 7001}, [host, gpu]) == ["host", "gpu0"]
+
+
+def test_a_booking_is_estimate_plus_growth_or_measured_use_if_larger():
+    assert books.Holding({"host": 800}, {"host": 200}, {"host": 400}).booked() == {"host": 1000}
+    assert books.Holding({"host": 800}, {}, {"host": 1500}).booked() == {"host": 1500}
+    assert books.Holding({}, {"host": 64}, {}).need() == {"host": 64}
 
 
 def test_a_model_bigger_than_the_machine_is_refused_with_numbers():
     devices = [Device("host", "h", 10000, 9000, 1000)]
     with pytest.raises(TooBig) as info:
-        books.check_fits_alone("huge", {"host": 9500}, devices)
+        books.check_fits_alone("huge", {"host": 9500}, books.ledgers(devices, [], []))
     assert info.value.status == 507
     assert "needs 9500 MiB on host" in str(info.value) and "9000 MiB" in str(info.value)
 
 
+def test_a_model_other_programs_leave_no_room_for_is_refused_with_503():
+    devices = [Device("host", "h", 10000, 3000, 1000)]
+    ledgers = books.ledgers(devices, [books.Holding({"host": 500})], [{"host": 500}])
+    with pytest.raises(NoRoom) as info:
+        books.check_fits_alone("m", {"host": 3000}, ledgers)
+    assert info.value.status == 503 and "other programs use 6500 MiB" in str(info.value)
+    books.check_fits_alone("m", {"host": 2500}, ledgers)  # fits once llmd's model goes
+
+
+def test_a_child_still_starting_is_not_taken_for_another_program():
+    # Its memory reads as used, and it can't be measured yet: its booking stands for it.
+    devices = [Device("host", "h", 10000, 3000, 1000)]
+    ledgers = books.ledgers(devices, [books.Holding({"host": 6000})], [None])
+    books.check_fits_alone("m", {"host": 2500}, ledgers)
+
+
+def test_host_add_back_is_anonymous_memory_not_mapped_files(tmp_path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "status").write_text(
+        "Name:\tllama-server\nVmRSS:\t 409600 kB\nRssAnon:\t 102400 kB\n"
+        "RssFile:\t 302080 kB\nRssShmem:\t 5120 kB\n")
+    devices = Devices(1024, nvml=Nvml(NoDriver()), proc=str(tmp_path))
+    assert devices.add_back([42, 43]) == {42: {"host": 105}, 43: {}}

@@ -33,7 +33,7 @@ def gpu_devices(tmp_path, gpu_total_mib: int, margin: int = 1024, use=None) -> D
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 67108864 kB\nMemAvailable: 60000000 kB\n")
     nvml = Nvml(FakePynvml(gpus=((gpu_total_mib, gpu_total_mib),), procs=use or {}))
-    return Devices(margin, nvml=nvml, meminfo=str(meminfo))
+    return Devices(margin, nvml=nvml, meminfo=str(meminfo), proc=str(tmp_path))
 
 
 def models(*names: str, **kw) -> dict[str, ModelSpec]:
@@ -73,18 +73,20 @@ async def test_model_too_big_for_the_machine_fails_at_once_without_evicting(auto
         assert s.models["small"].state == "loaded" and s.admission.evictions == 0
 
 
-async def test_measured_use_replaces_the_estimate(autojump_clock, tmp_path):
-    launcher = FakeLauncher()
-    needs = StubNeeds({n: {"gpu0": 4096} for n in "abc"})
-    # Each child really uses 2 GiB on the GPU: all three fit once measured.
-    devices = gpu_devices(tmp_path, 10240, use={pid: (0, 2048) for pid in range(1000, 1100)})
-    s = Scheduler(models("a", "b", "c"), launcher, models_max=0, devices=devices,
+async def test_the_books_hold_the_larger_of_estimate_and_measured_use(autojump_clock,
+                                                                       tmp_path):
+    # A child below its estimate keeps its estimate booked (on the host, buffers it has
+    # not touched yet still count); one above it is booked at what it uses.
+    needs = StubNeeds({"a": {"gpu0": 4096}, "b": {"gpu0": 1024}})
+    devices = gpu_devices(tmp_path, 10240, use={1001: (0, 2048), 1002: (0, 3072)})
+    s = Scheduler(models("a", "b"), FakeLauncher(), models_max=0, devices=devices,
                   estimator=needs)
     async with running(s):
-        for name in "abc":
-            await use(s, name)
+        await use(s, "a")
+        await use(s, "b")
         info = s.describe(s.models["a"])["memory"]
-        assert all(m.state == "loaded" for m in s.models.values())
+        assert s.models["a"].booked() == {"gpu0": 4096}
+        assert s.models["b"].booked() == {"gpu0": 3072}
     assert info["estimate_mib"] == {"gpu0": 4096} and info["measured_mib"]["gpu0"] == 2048
 
 
