@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -136,3 +137,13 @@ class Llmd:
                 self.proc.wait()
         self.http.close()
         return self.proc.returncode
+
+
+def host_free_beside_llmd(daemon: Any, llama_server: str) -> int:
+    """MiB free on the host while an llmd runs: its own memory is another program's to
+    its books, so a margin meant to leave room for N children is set from this."""
+    bare = daemon({"llama_server": llama_server})
+    status = json.loads(bare.llmctl("status", "--json").stdout)
+    bare.stop()
+    (host,) = [dev for dev in status["devices"] if dev["id"] == "host"]
+    return int(host["free_mib"])

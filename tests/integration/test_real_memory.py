@@ -16,6 +16,7 @@ import pytest
 from llmd.estimate import find_fit_params, parse_fit_output
 from llmd.memory import parse_meminfo
 from tests.fakes import tiny_gguf
+from tests.helpers import host_free_beside_llmd
 
 pytestmark = pytest.mark.real
 ARGS = ["--ctx-size", "512", "--threads", "2"]
@@ -39,7 +40,7 @@ def test_two_models_fit_and_a_third_evicts_the_lru_one(daemon, llama_server, big
                          capture_output=True, text=True).stdout
     need = parse_fit_output(out)["host"]
     # The margin leaves room for 2.5 models beside what the machine uses now.
-    _, free = parse_meminfo(Path("/proc/meminfo").read_text())
+    free = host_free_beside_llmd(daemon, llama_server)
     budget = int(2.5 * need)
     d = daemon({"llama_server": llama_server, "args": ARGS, "models_max": 0,
                 "cache_ram_mib": 0, "device_margins_mib": {"host": free - budget}},

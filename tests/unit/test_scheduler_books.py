@@ -168,3 +168,22 @@ async def test_a_models_own_cache_ram_is_kept_and_booked_before_admission(autoju
         assert loaded(s) == {"own"}
         assert s.models["own"].growth == {"host": 2000} and s.models["own"].cache_ram is None
         assert launcher.specs["own"].child_args().count("--cache-ram") == 1
+
+
+async def test_a_load_right_after_an_unload_waits_for_the_gpu_to_report_it_free(
+        autojump_clock, tmp_path):
+    # Not only evictions: `llmctl unload a` and then a load of b at once. Until the GPU
+    # reports a's memory free, it reads as another program's, which would leave b no room.
+    launcher = FakeLauncher()
+    devices, _ = machine(tmp_path, launcher, [10240], {n: {0: 6000} for n in "ab"},
+                         release_lag=2)
+    s = Scheduler(models("a", "b"), launcher, models_max=0, devices=devices,
+                  estimator=StubNeeds({n: {"gpu0": 6000} for n in "ab"}))
+    async with running(s):
+        await use(s, "a")
+        await s.unload("a")
+        unloaded_at = trio.current_time()
+        await use(s, "b")
+        assert loaded(s) == {"b"}
+        assert launcher.log[-2:] == [("launch", "b"), ("ready", "b")]
+    assert trio.current_time() - unloaded_at >= 2
