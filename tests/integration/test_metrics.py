@@ -46,3 +46,8 @@ def test_metrics_parse_and_count_requests_loads_evictions_and_failures(daemon, f
             if s.labels.get("device") == "host"}
     assert host["llmd_device_memory_total_bytes"] > host["llmd_device_memory_free_bytes"] > 0
     assert host["llmd_device_memory_committed_bytes"] >= 0
+    # The books as llmctl status shows them: room = total - others - booked - margin.
+    room = (host["llmd_device_memory_total_bytes"] - host["llmd_device_memory_others_bytes"]
+            - host["llmd_device_memory_booked_bytes"] - host["llmd_device_memory_margin_bytes"])
+    assert host["llmd_device_memory_room_bytes"] == max(0, room)
+    assert host["llmd_device_memory_others_bytes"] > 0
