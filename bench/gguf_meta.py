@@ -19,33 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmd import gguf_meta  # noqa: E402
+from tests.fakes.tiny_gguf import reader_shape as old_shape  # noqa: E402
 from tests.helpers import gemma_file  # noqa: E402
 
 ARGS = ["--ctx-size", "1024"]
-
-
-def old_shape(path: str) -> dict[str, Any]:
-    """The fields as llmd read them before, through gguf.GGUFReader."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-
-    def field(key: str, default: int) -> int:
-        f = reader.fields.get(key)
-        value = f.contents() if f is not None and f.data else None
-        value = value[0] if isinstance(value, list) and value else value
-        return int(value or default)
-
-    arch = str(reader.fields["general.architecture"].contents())
-    embd, heads = field(f"{arch}.embedding_length", 0), field(f"{arch}.attention.head_count", 1)
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    return {"weights": sum(int(t.n_bytes) for t in reader.tensors),
-            "layers": field(f"{arch}.block_count", 0), "embd": embd,
-            "kv_heads": field(f"{arch}.attention.head_count_kv", heads),
-            "key_length": field(f"{arch}.attention.key_length", embd // heads),
-            "value_length": field(f"{arch}.attention.value_length", embd // heads),
-            "n_ctx_train": field(f"{arch}.context_length", 4096),
-            "n_vocab": len(tokens.data) if tokens is not None else 32000}
 
 
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:

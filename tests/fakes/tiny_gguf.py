@@ -7,6 +7,7 @@ the tensor type set their size.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -61,3 +62,27 @@ def write(path: Path | str, *, layers: int = 2, width: int = 64, ff: int | None 
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def reader_shape(path: str) -> dict[str, Any]:
+    """The fields llmd.gguf_meta reads, as gguf.GGUFReader reads them (as llmd once did)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def field(key: str, default: int) -> int:
+        f = reader.fields.get(key)
+        value = f.contents() if f is not None and f.data else None
+        value = value[0] if isinstance(value, list) and value else value
+        return int(value or default)
+
+    arch = str(reader.fields["general.architecture"].contents())
+    embd, heads = field(f"{arch}.embedding_length", 0), field(f"{arch}.attention.head_count", 1)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    return {"weights": sum(int(t.n_bytes) for t in reader.tensors),
+            "layers": field(f"{arch}.block_count", 0), "embd": embd,
+            "kv_heads": field(f"{arch}.attention.head_count_kv", heads),
+            "key_length": field(f"{arch}.attention.key_length", embd // heads),
+            "value_length": field(f"{arch}.attention.value_length", embd // heads),
+            "n_ctx_train": field(f"{arch}.context_length", 4096),
+            "n_vocab": len(tokens.data) if tokens is not None else 32000}

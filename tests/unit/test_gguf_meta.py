@@ -12,6 +12,7 @@ import pytest
 
 from llmd import gguf_meta
 from tests.fakes import tiny_gguf
+from tests.fakes.tiny_gguf import reader_shape
 
 
 def _gqa_model(path: Path, *, alignment: int = 32) -> Path:
@@ -34,27 +35,6 @@ def _gqa_model(path: Path, *, alignment: int = 32) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
-
-
-def _reference(path: Path) -> dict[str, int]:
-    """The same fields read by gguf.GGUFReader, the way llmd read them before."""
-    reader = gguf.GGUFReader(str(path))
-
-    def field(key: str, default: int) -> int:
-        f = reader.fields.get(key)
-        value = f.contents() if f is not None and f.data else None
-        value = value[0] if isinstance(value, list) else value
-        return int(value or default)
-
-    arch = str(reader.fields["general.architecture"].contents())
-    embd, heads = field(f"{arch}.embedding_length", 0), field(f"{arch}.attention.head_count", 1)
-    return {"weights": sum(int(t.n_bytes) for t in reader.tensors),
-            "layers": field(f"{arch}.block_count", 0), "embd": embd,
-            "kv_heads": field(f"{arch}.attention.head_count_kv", heads),
-            "key_length": field(f"{arch}.attention.key_length", embd // heads),
-            "value_length": field(f"{arch}.attention.value_length", embd // heads),
-            "n_ctx_train": field(f"{arch}.context_length", 4096),
-            "n_vocab": len(reader.fields["tokenizer.ggml.tokens"].data)}
 
 
 def test_tiny_gguf_fields_match_what_was_written(tmp_path):
@@ -87,13 +67,13 @@ def test_weights_are_the_data_region_at_the_files_alignment(tmp_path, alignment)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_fields_agree_with_gguf_reader(tmp_path, dtype):
     path = tiny_gguf.write(tmp_path / "m.gguf", layers=2, width=64, dtype=dtype)
-    assert gguf_meta.read_shape(str(path)) == _reference(path)
+    assert gguf_meta.read_shape(str(path)) == reader_shape(str(path))
 
 
 def test_padding_between_tensors_counts_as_weights(tmp_path):
     path = _gqa_model(tmp_path / "q.gguf")
     # 42 bytes of the f16 tensor padded to 64, then 64 bytes of f32 (already aligned).
-    assert _reference(path)["weights"] == 42 + 64
+    assert reader_shape(str(path))["weights"] == 42 + 64
     assert gguf_meta.read_shape(str(path))["weights"] == 64 + 64
 
 

@@ -27,6 +27,14 @@ def machine(tmp_path, launcher: FakeLauncher, totals, use_by_model, *, margin=10
     return Devices(margin, nvml=Nvml(gpus), meminfo=str(meminfo), proc=str(tmp_path)), gpus
 
 
+def two_that_fill_a_gpu(tmp_path, launcher: FakeLauncher, release_lag: float) -> Scheduler:
+    """Models a and b, 6000 MiB each on a 10 GiB GPU: only one fits at a time."""
+    devices, _ = machine(tmp_path, launcher, [10240], {n: {0: 6000} for n in "ab"},
+                         release_lag=release_lag)
+    return Scheduler(models("a", "b"), launcher, models_max=0, devices=devices,
+                     estimator=StubNeeds({n: {"gpu0": 6000} for n in "ab"}))
+
+
 def loaded(s: Scheduler) -> set[str]:
     return {n for n, m in s.models.items() if m.state == "loaded"}
 
@@ -96,10 +104,7 @@ async def test_a_load_waits_for_late_frees_at_most_release_timeout_then_says_so(
         autojump_clock, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="llmd.admission")
     launcher = FakeLauncher()
-    devices, _ = machine(tmp_path, launcher, [10240], {n: {0: 6000} for n in "ab"},
-                         release_lag=3600)
-    s = Scheduler(models("a", "b"), launcher, models_max=0, devices=devices,
-                  estimator=StubNeeds({n: {"gpu0": 6000} for n in "ab"}))
+    s = two_that_fill_a_gpu(tmp_path, launcher, release_lag=3600)
     async with running(s):
         await use(s, "a")
         await trio.sleep(2)
@@ -175,10 +180,7 @@ async def test_a_load_right_after_an_unload_waits_for_the_gpu_to_report_it_free(
     # Not only evictions: `llmctl unload a` and then a load of b at once. Until the GPU
     # reports a's memory free, it reads as another program's, which would leave b no room.
     launcher = FakeLauncher()
-    devices, _ = machine(tmp_path, launcher, [10240], {n: {0: 6000} for n in "ab"},
-                         release_lag=2)
-    s = Scheduler(models("a", "b"), launcher, models_max=0, devices=devices,
-                  estimator=StubNeeds({n: {"gpu0": 6000} for n in "ab"}))
+    s = two_that_fill_a_gpu(tmp_path, launcher, release_lag=2)
     async with running(s):
         await use(s, "a")
         await s.unload("a")
