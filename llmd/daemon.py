@@ -13,7 +13,7 @@ import stat
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypedDict
 
 import hypercorn.config
 import hypercorn.trio
@@ -163,7 +163,15 @@ def make_launcher(config: Config, upstream: Upstream) -> Launcher:
     return launch
 
 
-def memory_accounting(config: Config) -> dict[str, object]:
+class Accounting(TypedDict, total=False):
+    """The scheduler's memory-accounting arguments."""
+
+    devices: Devices
+    estimator: Estimator
+    cache_ram_mib: int
+
+
+def memory_accounting(config: Config) -> Accounting:
     """The scheduler's device table and estimator, unless memory accounting is off."""
     if config.memory_margin_mib == 0 and not config.device_margins_mib:
         return {}

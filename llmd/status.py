@@ -6,9 +6,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from .admission import RUNNING
 from .prepare import launch_spec
-
-_ADMITTED = ("loading", "loaded", "draining")
 
 if TYPE_CHECKING:
     from .scheduler import Model
@@ -47,7 +46,7 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
                      if model.progress is not None else None),
         "memory": {"estimate_mib": model.need, "source": model.need_source,
                    "measured_mib": model.measured, "growth_mib": model.growth,
-                   "booked_mib": model.booked() if model.state in _ADMITTED else {},
+                   "booked_mib": model.booked() if model.state in RUNNING else {},
                    "cache_ram_mib": model.cache_ram},
         "ttl": spec.ttl,
         "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
