@@ -12,6 +12,7 @@ arrive meanwhile queue behind the load instead of keeping it busy for ever.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Awaitable, Callable, Mapping
 
 import trio
@@ -41,10 +42,12 @@ class Admission:
                  drain: Callable[[Model], None], undrain: Callable[[Model], None],
                  models_max: int = 4, min_residency: float = 0,
                  drain_timeout: float = 600, cache_ram_mib: int = 0,
-                 release_timeout: float = RELEASE_TIMEOUT) -> None:
+                 release_timeout: float = RELEASE_TIMEOUT,
+                 child_env: Mapping[str, str] | None = None) -> None:
         self.models = models
         self.devices = devices  # None: count models only, no memory accounting
         self.cache_ram_mib = cache_ram_mib  # the most prompt cache a child is given
+        self.child_env = os.environ if child_env is None else child_env  # children inherit it
         # Memory of stopped children that their devices have not reported free yet.
         self.releases = None if devices is None else Releases(devices, release_timeout)
         self.models_max = models_max
@@ -93,16 +96,17 @@ class Admission:
         model.growth = {}
         if self.devices is None:
             return  # memory accounting off: the child's arguments stay as configured
-        explicit = prompt_cache.booked_up_front(model.spec.child_args())
+        explicit = prompt_cache.booked_up_front(model.spec.child_args(), self.child_env)
         if explicit:
             model.growth = {"host": explicit}
-        elif prompt_cache.value(model.spec.child_args()) == prompt_cache.UNLIMITED:
+        elif prompt_cache.value(model.spec.child_args(),
+                                self.child_env) == prompt_cache.UNLIMITED:
             log.warning("%s: --cache-ram -1 lets its prompt cache grow without limit; "
                         "llmd can't book that", model.spec.name)
 
     def _size_prompt_cache(self, model: Model, fitted: list[Ledger]) -> None:
         """Give a child whose arguments don't set --cache-ram the cache the host has room for."""
-        if self.devices is None or prompt_cache.given(model.spec.child_args()):
+        if self.devices is None or prompt_cache.given(model.spec.child_args(), self.child_env):
             return
         need = model.holding().need().get("host", 0)
         model.cache_ram = prompt_cache.sized(self.cache_ram_mib, books.room(fitted, "host") - need)

@@ -5,7 +5,8 @@ host memory and fills it as distinct prompts are served: a child measured small 
 grows by tens of MiB a prompt. Neither llama-fit-params nor a measurement at ready sees
 that, so llmd books it:
 
-- A child whose arguments set `--cache-ram N` keeps them. N is booked on the host in full
+- A child whose arguments set `--cache-ram N` keeps them (so does one whose environment,
+  inherited from llmd's, sets LLAMA_ARG_CACHE_RAM, which llama-server reads too). N is booked on the host in full
   before admission, so admission makes room for it. `-1` (no limit) can't be booked.
 - Any other child gets `--cache-ram` from llmd: `cache_ram_mib`, cut down to what the
   host has left once the model itself fits (never evicting anything for it), and that
@@ -14,35 +15,40 @@ that, so llmd books it:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 FLAGS = ("--cache-ram", "-cram")
+ENV = "LLAMA_ARG_CACHE_RAM"
 UNLIMITED = -1
 
 
-def given(args: Sequence[str]) -> bool:
-    """Whether the arguments set --cache-ram themselves."""
-    return any(a in FLAGS or a.startswith(tuple(f + "=" for f in FLAGS)) for a in args)
+def given(args: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether the child's arguments or environment set the cache size themselves."""
+    return ENV in env or any(a in FLAGS or a.startswith(tuple(f + "=" for f in FLAGS))
+                             for a in args)
 
 
-def value(args: Sequence[str]) -> int | None:
-    """The --cache-ram the arguments set (the last one wins); None if none or not a number
-    (llama-server then refuses it and says so)."""
+def value(args: Sequence[str], env: Mapping[str, str]) -> int | None:
+    """The --cache-ram the arguments set (the last one wins), else the environment's; None
+    if neither, or not a number (llama-server then refuses it and says so)."""
     found: int | None = None
+    text = env.get(ENV)
     for i, arg in enumerate(args):
-        text = args[i + 1] if arg in FLAGS and i + 1 < len(args) else (
-            arg.split("=", 1)[1] if arg.startswith(tuple(f + "=" for f in FLAGS)) else None)
-        if text is not None:
-            try:
-                found = int(text)
-            except ValueError:
-                found = None
+        if arg in FLAGS and i + 1 < len(args):
+            text = args[i + 1]
+        elif arg.startswith(tuple(f + "=" for f in FLAGS)):
+            text = arg.split("=", 1)[1]
+    if text is not None:
+        try:
+            found = int(text)
+        except ValueError:
+            found = None
     return found
 
 
-def booked_up_front(args: Sequence[str]) -> int:
-    """MiB of host growth to book before admission: the arguments' own --cache-ram."""
-    found = value(args)
+def booked_up_front(args: Sequence[str], env: Mapping[str, str]) -> int:
+    """MiB of host growth to book before admission: the child's own --cache-ram."""
+    found = value(args, env)
     return found if found is not None and found > 0 else 0
 
 

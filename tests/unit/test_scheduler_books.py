@@ -189,3 +189,14 @@ async def test_a_load_right_after_an_unload_waits_for_the_gpu_to_report_it_free(
         assert loaded(s) == {"b"}
         assert launcher.log[-2:] == [("launch", "b"), ("ready", "b")]
     assert trio.current_time() - unloaded_at >= 2
+
+
+def test_the_cache_size_a_child_sets_itself_is_read_from_its_args_then_environment():
+    from llmd import prompt_cache
+    assert prompt_cache.value(["--cache-ram", "512"], {}) == 512
+    assert prompt_cache.value(["-cram=256"], {"LLAMA_ARG_CACHE_RAM": "64"}) == 256
+    assert prompt_cache.value([], {"LLAMA_ARG_CACHE_RAM": "64"}) == 64
+    assert prompt_cache.value(["--cache-ram", "lots"], {}) is None
+    assert prompt_cache.given([], {"LLAMA_ARG_CACHE_RAM": "0"})
+    assert prompt_cache.booked_up_front(["--cache-ram", "-1"], {}) == 0
+    assert not prompt_cache.given(["--ctx-size", "512"], {})
