@@ -93,6 +93,7 @@ class Model:
     pull_only: bool = False  # this attempt downloads and stops (llmctl pull)
     evicting: bool = False  # draining because a queued load needs its room (not an unload)
     pulled: int = 0  # the attempt whose pull completed
+    discard_partial: bool = False  # its download was cancelled on purpose: drop the partial
     file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
 
     def holding(self) -> books.Holding:

@@ -156,6 +156,7 @@ class Scheduler:
             if (model.waiters == 1 and not model.keep and model.state in _STARTING
                     and model.scope is not None):
                 log.info("%s: last waiting client left; cancelling its load", model.spec.name)
+                model.discard_partial = True  # nobody wants it: its partial download goes
                 model.scope.cancel()
             raise
         finally:
@@ -202,6 +203,9 @@ class Scheduler:
 
     async def _unload(self, model: Model, *, force: bool = False, wait: bool = True) -> Model:
         model.evicting = False  # an unload asked for stays asked for
+        # Unloaded while downloading: asked for, so its partial download goes. A stop of
+        # llmd (SIGTERM, restart, crash) keeps it, to resume.
+        model.discard_partial = model.state == DOWNLOADING
         if model.state == UNLOADED:
             return model
         if model.state == LOADED:
@@ -277,6 +281,7 @@ class Scheduler:
                         self.admission.releases.exited(model.handle.pid)
         model.scope = None
         model.pull_only = False
+        model.discard_partial = False
         model.handle = None
         model.measured = {}
         model.growth, model.cache_ram = {}, None
