@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,6 +152,8 @@ class Hub:
         self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.cache = cache
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._parts: dict[str, list[Path]] = {}  # ref -> the partial files its fetch writes
+        self._writing: Counter[Path] = Counter()  # partial files a fetch has open now
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -203,6 +206,7 @@ class Hub:
         progress.started = trio.current_time()
         base = repo_dir(self.cache, resolved.repo)
         snapshot = base / "snapshots" / resolved.commit
+        self._parts[ref] = [base / "blobs" / (f.sha256 + ".incomplete") for f in files if f.sha256]
         check_space(base, files)
         for f in files:
             await self._fetch_file(resolved, f, base, snapshot, progress)
@@ -210,6 +214,23 @@ class Hub:
         (base / "refs" / "main").write_text(resolved.commit)
         mmproj = str(snapshot / resolved.mmproj.name) if resolved.mmproj else ""
         return str(snapshot / resolved.model[0].name), mmproj
+
+    def discard_partial(self, ref: str) -> list[Path]:
+        """Remove the partial files `ref`'s fetch left (not those another fetch is writing).
+
+        Only for a download cancelled on purpose: a stop of llmd keeps them to resume. Returns
+        the files removed; raises nothing (a partial already gone is no error).
+        """
+        removed = []
+        for part in self._parts.pop(ref, []):
+            if self._writing[part]:
+                continue  # another model names the same file and is still downloading it
+            try:
+                part.unlink()
+            except OSError:
+                continue
+            removed.append(part)
+        return removed
 
     async def _fetch_file(self, resolved: Resolved, f: HubFile, base: Path, snapshot: Path,
                           progress: Progress) -> None:
@@ -225,17 +246,21 @@ class Hub:
             part = blobs / (f.sha256 + ".incomplete")
             url = f"{self.endpoint}/{resolved.repo}/resolve/{resolved.commit}/{f.name}"
             before = progress.done
-            for attempt in range(_RETRIES):
-                try:
-                    await self._stream(url, part, f, progress, before)
-                    break
-                except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-                    if attempt == _RETRIES - 1:
-                        raise DownloadError(f"download of {f.name} kept failing: {exc!r}")
-                    log.info("%s: connection lost (%r); resuming", f.name, exc)
-                    await trio.sleep(0.2 * 2 ** attempt)
-            await trio.to_thread.run_sync(_verify, part, f)
-            os.replace(part, blob)  # visible only once whole and verified
+            self._writing[part] += 1
+            try:
+                for attempt in range(_RETRIES):
+                    try:
+                        await self._stream(url, part, f, progress, before)
+                        break
+                    except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                        if attempt == _RETRIES - 1:
+                            raise DownloadError(f"download of {f.name} kept failing: {exc!r}")
+                        log.info("%s: connection lost (%r); resuming", f.name, exc)
+                        await trio.sleep(0.2 * 2 ** attempt)
+                await trio.to_thread.run_sync(_verify, part, f)
+                os.replace(part, blob)  # visible only once whole and verified
+            finally:
+                self._writing[part] -= 1
         else:
             progress.done += f.size
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +270,8 @@ class Hub:
     async def _stream(self, url: str, part: Path, f: HubFile, progress: Progress,
                       before: int) -> None:
         have = part.stat().st_size if part.exists() else 0
+        if have > f.size:
+            have = 0  # longer than the file can be: not a prefix of it, start over
         headers = {**self._headers, **({"range": f"bytes={have}-"} if have else {})}
         async with self.client.stream("GET", url, headers=headers,
                                       follow_redirects=True) as response:

@@ -24,7 +24,11 @@ _FIT_FLAGS = {"-fit", "--fit", "-fitt", "--fit-target", "-fitc", "--fit-ctx"}
 
 
 async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], None]) -> None:
-    """Fetch a hub model into the cache and point its spec at the files."""
+    """Fetch a hub model into the cache and point its spec at the files; raises ModelFailed.
+
+    A download cancelled on purpose (model.discard_partial) removes its partial files; any
+    other cancel keeps them, for the next fetch to resume with Range.
+    """
     name = model.spec.name
     if hub is None:
         raise ModelFailed(name, f"{model.spec.hf} is not in the cache and llmd is offline")
@@ -37,6 +41,13 @@ async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], N
             path, mmproj = await hub.fetch(model.spec.hf, model.progress)
         except DownloadError as exc:  # caught here, not wrapped in an ExceptionGroup
             error = exc
+        except trio.Cancelled:
+            # Unloaded, or its last waiter left: nobody wants the bytes. A stop of llmd
+            # (SIGTERM, restart) leaves discard_partial False and the partial to resume.
+            if model.discard_partial:
+                for part in hub.discard_partial(model.spec.hf):
+                    log.info("%s: download cancelled; removed %s", name, part)
+            raise
         nursery.cancel_scope.cancel()
     if error is not None:
         log.error("%s: download failed: %s", name, error)

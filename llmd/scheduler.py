@@ -156,7 +156,9 @@ class Scheduler:
             if (model.waiters == 1 and not model.keep and model.state in _STARTING
                     and model.scope is not None):
                 log.info("%s: last waiting client left; cancelling its load", model.spec.name)
-                model.discard_partial = True  # nobody wants it: its partial download goes
+                # Nobody wants it: its partial download goes. Unless llmd is stopping, which
+                # cancels waiting requests too: then the partial stays, to resume.
+                model.discard_partial = not self.stopping
                 model.scope.cancel()
             raise
         finally:
