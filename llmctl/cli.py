@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -224,3 +225,100 @@ def pull(ctx: click.Context, name: str, quiet: bool, as_json: bool) -> None:
         else:
             click.echo(f"{model['id']}: on disk at {model.get('path')}")
     _run(go)
+
+
+# `llmctl files`: needs no daemon, so no Client and no _run. Its module is imported when
+# a files verb runs, keeping the other verbs' start-up as it was.
+
+user_option = click.option("--user", is_flag=True,
+                           help="The user set: the units for systemctl --user, installed "
+                                "under ~/.config and ~/.local/share.")
+
+
+def _files_run(fn: Callable[[], None]) -> None:
+    """Run a files verb; an unknown file or a failed write is one line on stderr, exit 1."""
+    from . import files as shipped
+    try:
+        fn()
+    except shipped.FilesError as exc:
+        click.echo(f"llmctl: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        hint = " (run as root, or use --user)" if isinstance(exc, PermissionError) else ""
+        click.echo(f"llmctl: {exc.filename or ''}: {exc.strerror or exc}{hint}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def files() -> None:
+    """List, print or install the systemd units, man pages and example configuration."""
+
+
+@files.command("list")
+@user_option
+@json_option
+def files_list(user: bool, as_json: bool) -> None:
+    """List the shipped files and where install puts them."""
+    from . import files as shipped
+    where = shipped.destinations("user" if user else "system", Path("/"), os.environ)
+    if as_json:
+        _print_json([{"name": name, "path": str(path)} for name, path in where.items()])
+    else:
+        click.echo(render.table(["NAME", "INSTALLED AS"], list(where.items())))
+
+
+@files.command("show")
+@click.argument("name")
+@user_option
+def files_show(name: str, user: bool) -> None:
+    """Print one shipped file exactly as shipped (NAME: as list names it, or llmd.socket)."""
+    from . import files as shipped
+
+    def go() -> None:
+        click.echo(shipped.read(shipped.resolve(name, "user" if user else "system")), nl=False)
+    _files_run(go)
+
+
+@files.command("install")
+@user_option
+@click.option("--root", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
+              help="Install the system set under DIR instead of / (for a package or image).")
+@click.option("--force", is_flag=True, help="Replace files that differ from the shipped ones.")
+@json_option
+def files_install(user: bool, root: Path | None, force: bool, as_json: bool) -> None:
+    """Copy the files to where systemd and man look for them."""
+    from . import files as shipped
+
+    def go() -> None:
+        if user and root is not None:
+            raise shipped.FilesError("--root is for the system set, not --user")
+        scope: shipped.Scope = "user" if user else "system"
+        done = shipped.install(scope, root or Path("/"), os.environ, force=force)
+        if as_json:
+            _print_json([{"name": p.name, "path": str(p.path), "action": p.action}
+                         for p in done])
+            return
+        click.echo(render.table(["ACTION", "PATH"], [(p.action, p.path) for p in done]))
+        if root is None:
+            _files_next_steps(scope)
+    _files_run(go)
+
+
+def _files_next_steps(scope: str) -> None:
+    """After a real install: a note when the service's ExecStart= names no program (llmd
+    installed elsewhere, e.g. by pipx), then the commands that start the socket."""
+    from . import files as shipped
+    home = Path(os.environ.get("HOME") or Path.home())
+    unit = "systemd/llmd.service" if scope == "system" else "systemd/user/llmd.service"
+    program = shipped.exec_start(shipped.read(unit), home)
+    if program is not None and not os.access(program, os.X_OK):
+        here = Path(sys.executable).parent / "llmd"
+        click.echo(f"llmctl: note: llmd.service runs {program}, which is not there; "
+                   f"this llmd is {here} (`systemctl {'--user ' if scope == 'user' else ''}"
+                   "edit llmd.service` sets ExecStart=)", err=True)
+    if scope == "system":
+        click.echo("next: systemd-sysusers && systemctl daemon-reload && "
+                   "systemctl enable --now llmd.socket", err=True)
+    else:
+        click.echo("next: systemctl --user daemon-reload && "
+                   "systemctl --user enable --now llmd.socket", err=True)
