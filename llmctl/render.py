@@ -95,6 +95,10 @@ def model(m: dict[str, Any]) -> str:
     lines = [f"{m['id']}: {state(m)}", f"  path:     {m.get('path')}",
              f"  aliases:  {', '.join(m.get('aliases') or []) or '-'}",
              f"  args:     {' '.join(m['status'].get('args') or [])}"]
+    template = m.get("chat_template")
+    if template:
+        name, note = template.get("name"), template.get("note")
+        lines.append(f"  template: {name} ({note})" if name else f"  template: {note}")
     if m.get("pid"):
         lines.append(f"  pid/port: {m['pid']}/{m['port']}, {m.get('leases', 0)} in flight")
     if m["status"].get("failed"):

@@ -3,6 +3,7 @@
 The header reader is our own: gguf.GGUFReader parses every value, and the tokenizer's
 hundreds of thousands of strings made one estimate take seconds. This one decodes only
 the few fields the estimate uses, steps over the rest and never reads the tensor data.
+It also tells, without decoding it, whether the file carries a chat template.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _ARCH_KEYS = ("block_count", "embedding_length", "attention.head_count",
               "attention.head_count_kv", "attention.key_length", "attention.value_length",
               "context_length")
 _TOKENS = "tokenizer.ggml.tokens"
+_TEMPLATE = "tokenizer.chat_template"  # llama.cpp's default template; named ones add a suffix
 
 
 class GGUFError(Exception):
@@ -128,8 +130,11 @@ def _value(cur: _Cursor, vtype: int) -> tuple[Any, int]:
     return first, count
 
 
-def _header(cur: _Cursor) -> tuple[dict[str, Any], dict[str, int], int, int]:
-    """The wanted fields, their counts, the data offset and tensor count; raises _Bad."""
+def _pairs(cur: _Cursor) -> tuple[dict[str, Any], dict[str, int], int]:
+    """The wanted key-value fields, their counts and the tensor count; raises _Bad.
+
+    The chat template's value is its length in bytes: it is stepped over, not decoded.
+    """
     cur.need(24)
     if cur.buf[:4] != b"GGUF":
         raise _Bad("no GGUF magic")
@@ -147,8 +152,17 @@ def _header(cur: _Cursor) -> tuple[dict[str, Any], dict[str, int], int, int]:
         if key in ("general.architecture", "general.alignment", _TOKENS) or \
                 key.endswith(_ARCH_KEYS):
             values[key], counts[key] = _value(cur, vtype)
+        elif key == _TEMPLATE and vtype == _STRING:
+            values[key] = length = cur.unpack(_U64)
+            cur.skip(length)
         else:
             _skip(cur, vtype, 1)
+    return values, counts, n_tensors
+
+
+def _header(cur: _Cursor) -> tuple[dict[str, Any], dict[str, int], int, int]:
+    """The wanted fields, their counts, the data offset and tensor count; raises _Bad."""
+    values, counts, n_tensors = _pairs(cur)
     cur.guard(n_tensors, 8 + 4 + 4 + 8)
     last = 0  # the largest tensor offset, to see that the data region is all there
     for _ in range(n_tensors):
@@ -196,6 +210,20 @@ def read_shape(path: str) -> dict[str, Any]:
         "n_ctx_train": field("context_length", 4096),
         "n_vocab": counts.get(_TOKENS, 32000),
     }
+
+
+def read_chat(path: str) -> tuple[str, bool]:
+    """The file's general.architecture ("" if none) and whether it has a chat template.
+
+    Reads only the key-value pairs, as fast as read_shape(); raises GGUFError if unreadable.
+    """
+    try:
+        with open(path, "rb") as f:
+            values, _, _ = _pairs(_Cursor(f, os.fstat(f.fileno()).st_size))
+    except (OSError, UnicodeDecodeError, _Bad) as exc:
+        raise GGUFError(f"{path}: not a readable GGUF file ({exc})") from None
+    arch = values.get("general.architecture", "")
+    return (arch if isinstance(arch, str) else ""), values.get(_TEMPLATE, 0) > 0
 
 
 def _arg(args: Sequence[str], names: tuple[str, ...], default: str) -> str:

@@ -16,8 +16,9 @@ VOCAB = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
 
 
 def write(path: Path | str, *, layers: int = 2, width: int = 64, ff: int | None = None,
-          heads: int = 4, ctx: int = 2048, dtype: type = np.float32, seed: int = 0) -> Path:
-    """Write a tiny llama GGUF and return its path."""
+          heads: int = 4, ctx: int = 2048, dtype: type = np.float32, seed: int = 0,
+          chat_template: str | None = None) -> Path:
+    """Write a tiny llama GGUF, with `chat_template` if given, and return its path."""
     path = Path(path)
     ff = ff or width * 2
     rng = np.random.default_rng(seed)
@@ -45,6 +46,8 @@ def write(path: Path | str, *, layers: int = 2, width: int = 64, ff: int | None 
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     ones = np.ones(width, dtype=np.float32)
     w.add_tensor("token_embd.weight", weights(len(VOCAB), width))
     w.add_tensor("output_norm.weight", ones)

@@ -122,7 +122,10 @@ def test_failed_load_reports_through_llmctl(daemon, llama_server, tmp_path):
 def test_client_disconnect_cancels_generation_in_the_child(daemon, llama_server, gemma):
     d = daemon(gemma_config(llama_server), models={"gemma.gguf": gemma})
     d.llmctl("load", "gemma")
+    # A stop of the request's own replaces the one llmd gives a GGUF without a chat
+    # template (chat_template.py), which would end the story at its first "User:" line.
     body = {"model": "gemma", "stream": True, "max_tokens": 4000, "ignore_eos": True,
+            "stop": ["<never seen>"],
             "messages": [{"role": "user", "content": "Write a very long story."}]}
 
     def busy_slots() -> int:
