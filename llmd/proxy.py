@@ -11,11 +11,14 @@ from .upstream import Upstream, UpstreamBroken
 
 log = logging.getLogger("llmd.proxy")
 
-# Hop-by-hop and framing headers are the proxy's own business on each side.
+# Hop-by-hop and framing headers are the proxy's own business on each side. So is CORS:
+# llama-server echoes any Origin as allowed; the router decides (origins.py).
 _DROP_REQUEST = {b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
                  b"accept-encoding", b"upgrade", b"te", b"trailer", b"proxy-authorization",
-                 b"authorization", b"x-api-key", b"expect"}
-_DROP_RESPONSE = {b"server", b"transfer-encoding", b"connection", b"keep-alive", b"date"}
+                 b"authorization", b"x-api-key", b"expect", b"origin"}
+_DROP_RESPONSE = {b"server", b"transfer-encoding", b"connection", b"keep-alive", b"date",
+                  b"access-control-allow-origin", b"access-control-allow-credentials",
+                  b"access-control-allow-methods", b"access-control-allow-headers"}
 
 
 class Proxy:
