@@ -102,25 +102,40 @@ def load(ctx: click.Context, name: str, no_wait: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--all", "every", is_flag=True, help="Unload every model that is loaded or loading.")
 @click.option("--force", is_flag=True, help="Cancel requests in flight instead of waiting.")
 @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for the stop.")
 @json_option
 @click.pass_context
-def unload(ctx: click.Context, name: str, force: bool, no_wait: bool, as_json: bool) -> None:
-    """Unload a model once its requests in flight are done (or at once with --force)."""
+def unload(ctx: click.Context, name: str | None, every: bool, force: bool, no_wait: bool,
+           as_json: bool) -> None:
+    """Unload a model (or --all) once its requests in flight are done (or at once with --force)."""
+    if every == (name is not None):
+        raise click.UsageError("name one model, or use --all")
+
     def go() -> None:
         with _client(ctx) as c:
-            model = c.call("POST", "/unload", json={"model": name, "force": force, "wait": False})
-            if model.get("state") == "draining" and model.get("leases") and not as_json:
-                click.echo(f"{model['id']}: draining ({model.get('leases', 0)} requests in "
-                           "flight; --force cancels them)", err=True)
+            names = [name] if name is not None else [
+                m["id"] for m in c.call("GET", "/ps")["models"]
+                if m.get("state", "unloaded") != "unloaded"]
+            # Every stop starts at once; then each is waited for.
+            models = [c.call("POST", "/unload", json={"model": n, "force": force, "wait": False})
+                      for n in names]
+            for model in models:
+                if model.get("state") == "draining" and model.get("leases") and not as_json:
+                    click.echo(f"{model['id']}: draining ({model.get('leases', 0)} requests in "
+                               "flight; --force cancels them)", err=True)
             if not no_wait:
-                model = c.call("POST", "/unload", json={"model": name, "force": force})
+                models = [c.call("POST", "/unload", json={"model": n, "force": force})
+                          for n in names]
         if as_json:
-            _print_json(model)
+            _print_json(models if every else models[0])
+        elif every and not models:
+            click.echo("no model is loaded")
         else:
-            click.echo(f"{model['id']}: {render.state(model)}")
+            for model in models:
+                click.echo(f"{model['id']}: {render.state(model)}")
     _run(go)
 
 
@@ -213,7 +228,7 @@ def pull(ctx: click.Context, name: str, quiet: bool, as_json: bool) -> None:
                     elif show_bar:
                         click.echo("\r" + _bar(d["done"], d["total"], d["rate"]), nl=False,
                                    err=True)
-                elif event["event"] == "status_change" and event["data"]["value"] != "downloading":
+                elif event["event"] == "status_change" and event["data"]["status"] != "downloading":
                     break
             if show_bar:
                 click.echo("", err=True)

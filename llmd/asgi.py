@@ -118,14 +118,16 @@ async def send_json(send: Send, status: int, data: Any,
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: LlmdError) -> None:
-    """Send an error in the documented JSON format."""
-    await send_json(send, error.status, error.body(), error.headers)
+async def send_error(send: Send, error: LlmdError, anthropic: bool = False) -> None:
+    """Send an error in the documented JSON format (Anthropic's, for its routes)."""
+    body = error.anthropic_body() if anthropic else error.body()
+    await send_json(send, error.status, body, error.headers)
 
 
-async def send_event_error(send: Send, error: LlmdError) -> None:
+async def send_event_error(send: Send, error: LlmdError, anthropic: bool = False) -> None:
     """End a started server-sent event stream with the error as its last event."""
-    tail = f"data: {json.dumps(error.body())}\n\n".encode()
+    tail = (f"event: error\ndata: {json.dumps(error.anthropic_body())}\n\n" if anthropic
+            else f"data: {json.dumps(error.body())}\n\n").encode()
     await send({"type": "http.response.body", "body": tail, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 

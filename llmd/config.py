@@ -53,6 +53,8 @@ class Config:
     estimate_timeout: float = 60
     autoload: bool = True
     api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # web origins whose pages may call the router
+    allowed_hosts: tuple[str, ...] = ()  # Host names served beside loopback ones
     stop_timeout: float = 10
     drain_timeout: float = 600
     min_residency: float = 1
@@ -100,7 +102,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "allow_pull": ((bool,), bool),
     "offline": ((bool,), bool),
 }
-_LISTS = {"args", "api_keys"}
+_LISTS = {"args", "api_keys", "cors_origins", "allowed_hosts"}
 _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "path": ((str,), str),
     "hf": ((str,), str),

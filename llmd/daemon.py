@@ -25,7 +25,7 @@ from .config import Config
 from .errors import ConfigError
 from .control import Control
 from .download import Hub
-from .estimate import Estimator
+from .estimate import Estimator, identity
 from .memory import Devices
 from .metrics import Metrics
 from .proxy import Proxy
@@ -308,7 +308,9 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                   models_max=config.models_max, drain_timeout=config.drain_timeout,
                                   min_residency=config.min_residency,
                                   hub=hub, default_args=config.args,
-                                  allow_pull=config.allow_pull, **memory_accounting(config))
+                                  allow_pull=config.allow_pull,
+                                  binary=lambda: identity(config.llama_server),
+                                  **memory_accounting(config))
             limits = {app: connections.Limit(config.max_connections or 1 << 30)
                       for app in ("router", "control")}
             router = Router(config, scheduler, Proxy(upstream),

@@ -20,6 +20,17 @@ class LlmdError(Exception):
         """The documented JSON error body."""
         return {"error": {"code": self.status, "message": self.message, "type": self.type}}
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The error in Anthropic's Messages API shape, for its clients."""
+        kind = _ANTHROPIC_TYPES.get(self.status,
+                                    "invalid_request_error" if self.status < 500 else "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error"}
+
 
 class BadRequest(LlmdError):
     status = 400
@@ -44,8 +55,8 @@ class NotFound(LlmdError):
 class ModelNotFound(NotFound):
     """A model name that is neither configured, scanned nor an alias."""
 
-    def __init__(self, name: str, *, status: int = 404) -> None:
-        super().__init__(f"model '{name}' not found")
+    def __init__(self, name: str, *, status: int = 404, why: str = "not found") -> None:
+        super().__init__(f"model '{name}' {why}")
         self.name = name
         # llama.cpp answers 400 on proxied endpoints and 404 on /models/load.
         self.status = status
@@ -80,8 +91,9 @@ class Unavailable(LlmdError):
     type = "unavailable_error"
 
 
-class ModelNotLoaded(Unavailable):
-    """The model exists but is not loaded and autoload is off for this request."""
+class ModelNotLoaded(BadRequest):
+    """The model exists but is not loaded and autoload is off for this request (400, as
+    llama.cpp's router answers)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"model '{name}' is not loaded and autoload is disabled")

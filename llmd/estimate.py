@@ -77,7 +77,7 @@ def fit_args(spec: ModelSpec) -> list[str]:
     return args
 
 
-def _identity(path: str | None) -> list[object] | None:
+def identity(path: str | None) -> list[object] | None:
     """A file's real path, size and mtime: a rebuilt or replaced binary changes it."""
     if path is None:
         return None
@@ -127,7 +127,7 @@ class Estimator:
         # Another llama.cpp build may estimate differently, and a child admitted on
         # llama-fit-params' estimate starts with `--fit off`, which a build older than
         # --fit would refuse: estimates made with other binaries are not reused.
-        self._binaries = [_identity(llama_server), _identity(self.tool)]
+        self._binaries = [identity(llama_server), identity(self.tool)]
         self.timeout = timeout
         self.cache_path = Path(state_dir) / "estimates.json" if state_dir else None
         self.cache: dict[str, dict[str, object]] = {}

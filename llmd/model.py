@@ -95,6 +95,7 @@ class Model:
     pulled: int = 0  # the attempt whose pull completed
     discard_partial: bool = False  # its download was cancelled on purpose: drop the partial
     file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
+    failed_load: tuple[object, LlmdError] | None = None  # (what it depended on, its error)
 
     def holding(self) -> books.Holding:
         """This model's figures for the books."""

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from . import asgi
+from . import asgi, origins
 from .asgi import Receive, Scope, Send
 from .config import Config
 from .errors import BadRequest, ConfigError, LlmdError, NotFound, ServerError, Unauthorized
@@ -27,6 +27,8 @@ PROXIED_POST = frozenset({
     "/responses/input_tokens", "/v1/responses/input_tokens",
 })
 PROXIED_GET = frozenset({"/props", "/slots", "/metrics", "/lora-adapters"})
+# Routes of Anthropic's Messages API: their clients read errors in Anthropic's shape.
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 KNOWN_PATHS = PROXIED_POST | PROXIED_GET | {"/health", "/v1/health", "/models", "/v1/models",
                                             "/models/sse", "/models/load", "/models/unload"}
 
@@ -54,9 +56,13 @@ class Router:
             return
         started = time.perf_counter()
         status: dict[str, Any] = {"code": 0, "model": "", "sse": False}
+        anthropic = scope["path"] in ANTHROPIC_PATHS
+        cors = origins.cors_headers(asgi.header(scope, b"origin"), self.config.cors_origins)
 
         async def tracked_send(message: asgi.Message) -> None:
             if message["type"] == "http.response.start":
+                if cors:
+                    message = {**message, "headers": [*message.get("headers", []), *cors]}
                 status["code"] = message["status"]
                 status["sse"] = any(k.lower() == b"content-type"
                                     and v.startswith(b"text/event-stream")
@@ -69,16 +75,17 @@ class Router:
             status["code"] = status["code"] or 499
         except LlmdError as error:
             if status["sse"]:  # a stream cut short ends with an error event, not mid-air
-                await asgi.send_event_error(send, error)
+                await asgi.send_event_error(send, error, anthropic)
             elif status["code"]:
                 raise  # the response already started; nothing clean left to say
             else:
-                await asgi.send_error(tracked_send, error)
+                await asgi.send_error(tracked_send, error, anthropic)
         except Exception:  # a bug: say so in the documented format, keep serving
             log.exception("request %s %s failed", scope["method"], scope["path"])
             if status["code"]:
                 raise
-            await asgi.send_error(tracked_send, ServerError("internal error; see llmd's log"))
+            await asgi.send_error(tracked_send, ServerError("internal error; see llmd's log"),
+                                  anthropic)
         finally:
             # Label values are bounded to known models and routes, whatever clients send.
             model = status["model"] if status["model"] in self.scheduler.models else ""
@@ -98,11 +105,31 @@ class Router:
         if not any([hmac.compare_digest(candidate, key) for key in keys]) or not given:
             raise Unauthorized("invalid or missing API key")
 
+    def _check_page(self, scope: Scope) -> None:
+        """Refuse web pages the operator did not allow, and rebound host names."""
+        host = asgi.header(scope, b"host")
+        server = scope.get("server")
+        origins.check_host(host, server[0] if server else None, self.config.allowed_hosts)
+        origins.check_origin(asgi.header(scope, b"origin"), host, self.config.cors_origins)
+
+    async def _preflight(self, scope: Scope, send: Send) -> None:
+        """Answer a browser's CORS preflight for an allowed origin."""
+        origin = asgi.header(scope, b"origin")
+        if origin is None:
+            raise NotFound(f"no route for OPTIONS {scope['path']}")
+        requested = asgi.header(scope, b"access-control-request-headers")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": origins.preflight_headers(requested)})
+        await send({"type": "http.response.body", "body": b""})
+
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send,
                         status: dict[str, Any]) -> None:
         asgi.check_framing(scope)
-        self._check_key(scope)
+        self._check_page(scope)
         method, path = scope["method"], scope["path"]
+        if method == "OPTIONS":  # before the key check: browsers send none with it
+            return await self._preflight(scope, send)
+        self._check_key(scope)
         params = asgi.query(scope)
         if method == "GET":
             if path in ("/health", "/v1/health"):
@@ -117,6 +144,13 @@ class Router:
                                                         "data": self.scheduler.snapshot()})
             if path == "/models/sse":
                 return await self._events(receive, send)
+            if path.startswith(("/v1/models/", "/models/")) and path.count("/") >= 2:
+                # OpenAI's models.retrieve; a name may hold slashes (owner/repo:QUANT).
+                name = path.split("/models/", 1)[1]
+                found = self.scheduler.resolve(name, status=404)
+                if self.scheduler.listed(found):
+                    return await asgi.send_json(send, 200, self.scheduler.describe(found))
+                raise NotFound(f"model '{name}' not found")
             if path in PROXIED_GET and params.get("model"):
                 status["model"] = params["model"]
                 body = await self._body(scope, receive)

@@ -24,6 +24,14 @@ from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 
 log = logging.getLogger("llmd.scheduler")
 
+
+def _is_hub_ref(name: str) -> bool:
+    try:
+        parse_ref(name)
+    except DownloadError:
+        return False
+    return True
+
 # Internal states. On the wire "queued" reads as "loading" and "draining" as "loaded".
 UNLOADED, DOWNLOADING, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
     "unloaded", "downloading", "estimating", "queued", "loading", "loaded", "draining")
@@ -49,6 +57,7 @@ class Scheduler:
         default_args: tuple[str, ...] = (),
         allow_pull: bool = False,
         cache_ram_mib: int = 0,
+        binary: Callable[[], object] = lambda: None,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
@@ -65,6 +74,7 @@ class Scheduler:
         self.loads = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
         self.stopping = False  # set by end_requests(): llmd is shutting down
+        self.binary = binary  # the llama-server build's identity: a new one may load what failed
         self._nursery: trio.Nursery | None = None
         self.events = Broker()
 
@@ -85,6 +95,10 @@ class Scheduler:
         canonical = self._names.get(name)
         if canonical is not None:
             return self.models[canonical]
+        if pull and self.hub is None and _is_hub_ref(name):
+            raise ModelNotFound(name, status=status, why=(
+                "is not in the hub cache, and llmd is offline (offline = true or "
+                "HF_HUB_OFFLINE=1): it would otherwise be downloaded"))
         if pull and self.hub is not None:
             try:
                 parse_ref(name)
@@ -148,6 +162,8 @@ class Scheduler:
                         raise self._outcome(model, attempt)
                     if not autoload:
                         raise ModelNotLoaded(model.spec.name)
+                    if not keep and (failed := self._failed_before(model)) is not None:
+                        raise failed
                     attempt = self._start(model, keep=keep)
                 elif model.state in _STARTING:
                     attempt = model.attempt
@@ -169,12 +185,27 @@ class Scheduler:
             return model.error[1]
         return ModelUnloaded(model.spec.name)
 
+    def _load_key(self, model: Model) -> tuple[object, ...]:
+        """What a failed load depends on: the file, the model's configuration, the binary."""
+        return (file_identity(model.spec.path), model.spec, self.binary())
+
+    def _failed_before(self, model: Model) -> LlmdError | None:
+        """The error of the model's last load, if it failed and nothing has changed since."""
+        if model.failed_load is None:
+            return None
+        key, error = model.failed_load
+        if key != self._load_key(model):
+            model.failed_load = None
+            return None
+        return error
+
     # ---- load, unload ---------------------------------------------------------
 
     async def load(self, name: str, *, wait: bool = True) -> Model:
         """Load a model on purpose (not cancelled when requests leave); wait until loaded."""
         model = self.resolve(name, pull=True)
         model.keep = True
+        model.failed_load = None  # asked again on purpose: try again
         if model.state == UNLOADED:
             self._start(model, keep=True)
         if wait:
@@ -256,6 +287,8 @@ class Scheduler:
             first = DOWNLOADING
         else:
             first = ESTIMATING if self.devices is not None else QUEUED
+        self.events.publish({"model": model.spec.name, "event": "model_status",
+                             "data": {"status": _WIRE.get(first, first)}})
         self._set(model, first)
         self._nursery_start(self._supervise, model, model.attempt)
         return model.attempt
@@ -314,6 +347,10 @@ class Scheduler:
             log.error("%s: failed to load: %s", name, result.reason)
             self.failures["load"] += 1
             model.error = (attempt, ModelFailed(name, result.reason))
+            model.failed_load = (self._load_key(model), ModelFailed(name, (
+                f"{result.reason} (at its last try; llmd tries again when its file, its "
+                f"configuration or llama-server changes, on llmctl load {name}, "
+                "POST /models/load or a reload)")))
         if not result.ready or result.code not in (0, None):
             model.failure = Failure(result.reason, result.code, result.tail)
         model.output = result.tail
@@ -373,7 +410,11 @@ class Scheduler:
         self.admission.min_residency = min_residency
         if cache_ram_mib is not None:
             self.admission.cache_ram_mib = cache_ram_mib
-        added, removed, changed = [], [], []
+        added: list[str] = []
+        removed: list[str] = []
+        changed: list[str] = []
+        for known in self.models.values():  # a reload is asking again
+            known.failed_load = None
         for name, spec in specs.items():
             model = self.models.get(name)
             if model is None:
@@ -409,6 +450,7 @@ class Scheduler:
         await self._unload(model)
         if self._names.get(model.spec.name) is None:
             self.models.pop(model.spec.name, None)
+            self.events.publish({"model": model.spec.name, "event": "model_remove"})
 
     async def _restart_when_idle(self, model: Model) -> None:
         """Unload once its requests are done, then load again with the new arguments."""
@@ -428,7 +470,7 @@ class Scheduler:
             model.evicting = False
             self.admission.freed()
         self.events.publish({"model": model.spec.name, "event": "status_change",
-                       "data": self.describe(model)["status"]})
+                             "data": status.event_data(self.describe(model)["status"])})
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """A channel of state-change events; it is closed if its reader falls behind."""
@@ -438,7 +480,11 @@ class Scheduler:
         """One model in the llama.cpp router's /models shape, plus llmd's own fields."""
         return status.describe(model, _WIRE.get(model.state, model.state), trio.current_time())
 
+    def listed(self, model: Model) -> bool:
+        """Whether requests can name the model (a reload may have retired it)."""
+        return self._names.get(model.spec.name) == model.spec.name
+
     def snapshot(self) -> list[dict[str, Any]]:
-        """Every model, described."""
-        return [self.describe(m) for m in self.models.values()]
+        """Every model that requests can name, described."""
+        return [self.describe(m) for m in self.models.values() if self.listed(m)]
 

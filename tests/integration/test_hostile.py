@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmd import chat_template
 from tests import load
 from tests.helpers import FAKE_SERVER, Llmd
 
@@ -72,8 +73,14 @@ def assert_unharmed(d: Llmd) -> None:
         assert argv[1:5] == ["--model", model, "--alias", "m"], argv
         configured = list(d.config.get("args", ["--ctx-size", "4096"]))
         assert argv[5:5 + len(configured)] == configured, argv
-        # llmd's own, and only these: no --fit pass, and the prompt cache it booked.
+        # llmd's own, and only these: no --fit pass, the prompt cache it booked, and last
+        # a chat template from its table for a GGUF that has none.
         added = argv[5 + len(configured):-4]
+        for arch in chat_template.CHOICES:
+            chosen = list(chat_template.decide([], (arch, False)).args)
+            if added[-len(chosen):] == chosen:
+                added = added[:-len(chosen)]
+                break
         pairs = list(zip(added[::2], added[1::2]))
         assert all(p == ("--fit", "off") or (p[0] == "--cache-ram" and p[1].isdigit())
                    for p in pairs) and len(added) == 2 * len(pairs), argv
@@ -148,14 +155,14 @@ def raw(d: Llmd, data: bytes, wait: float = 5) -> bytes:
 
 @pytest.mark.parametrize("request_bytes", [
     # Both framings: a front proxy and llmd could disagree on where the body ends.
-    b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked"
-    b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
-    b"POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-    b"POST /tokenize HTTP/1.1\r\nHost: x\r\n Content-Length: 4\r\n\r\nabcd",
-    b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
-    b"GET /he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked"
+    b"\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"POST /tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+    b"POST /tokenize HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"POST /tokenize HTTP/1.1\r\nHost: localhost\r\n Content-Length: 4\r\n\r\nabcd",
+    b"GET /health HTTP/1.1\r\nHost: localhost\r\nBad Header: 1\r\n\r\n",
+    b"GET /he\x00alth HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),  # a TLS hello
 ])
 def test_malformed_http_is_refused_and_nothing_is_smuggled(llmd, request_bytes):
@@ -175,8 +182,8 @@ def test_malformed_http_is_refused_and_nothing_is_smuggled(llmd, request_bytes):
 
 
 def test_pipelined_requests_are_each_answered_in_order(llmd):
-    one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    last = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    one = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    last = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     answer = raw(llmd, one * 3 + last)  # all four in one write
     assert answer.count(b"HTTP/1.1 200") == 4, answer[:500]
     assert answer.count(b'{"status": "ok"}') == 3 and answer.rindex(b'"object": "list"') > \
@@ -189,7 +196,7 @@ def test_a_client_that_never_stops_sending_does_not_stall_the_others(llmd):
 
     def flood() -> None:
         with socket.create_connection(("127.0.0.1", llmd.port), timeout=10) as s:
-            s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
             chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
             try:
                 while not stop.is_set():
@@ -214,7 +221,7 @@ def test_a_client_that_never_stops_sending_does_not_stall_the_others(llmd):
 def test_slow_loris_headers_are_cut_off(llmd):
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", llmd.port), timeout=10) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
         closed = False
         for _ in range(40):
             try:
@@ -229,7 +236,7 @@ def test_slow_loris_headers_are_cut_off(llmd):
 
 def test_slow_body_gets_408(llmd):
     start = time.monotonic()
-    answer = raw(llmd, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    answer = raw(llmd, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                        b"Content-Length: 100\r\n\r\n{\"model\": ", wait=10)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == 408
@@ -283,7 +290,7 @@ def test_kept_alive_connections_close_when_idle_not_while_busy(daemon):
     d = daemon({"llama_server": str(FAKE_SERVER), "header_timeout": 1},
                models={"m.gguf": json.dumps({"token_delay": 0.3})})
     body = json.dumps({"model": "m", "max_tokens": 6, "messages": []}).encode()
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
                b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
         for _ in range(2):  # each answer takes ~1.8 s, longer than header_timeout

@@ -109,8 +109,8 @@ def test_a_sized_answer_arrives_head_and_body_in_one_segment(fake_daemon):
     d = fake_daemon({"a.gguf": fake()})
     d.llmctl("load", "a")
     body = b'{"model": "a", "content": "hello"}'
-    requests = [b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n",
-                b"POST /tokenize HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+    requests = [b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n",
+                b"POST /tokenize HTTP/1.1\r\nhost: localhost\r\ncontent-length: %d\r\n\r\n%s"
                 % (len(body), body)]
     with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
         for request in requests:
@@ -126,7 +126,7 @@ def test_a_large_answer_to_a_slow_reader_arrives_whole(fake_daemon):
     d.llmctl("load", "a")
     body = json.dumps({"model": "a", "content": "x" * 1_000_000}).encode()
     with socket.create_connection(("127.0.0.1", d.port), timeout=30) as s:
-        s.sendall(b"POST /tokenize HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+        s.sendall(b"POST /tokenize HTTP/1.1\r\nhost: localhost\r\ncontent-length: %d\r\n\r\n%s"
                   % (len(body), body))
         time.sleep(1)
         answer = bytearray()
@@ -160,7 +160,7 @@ def test_bad_requests_get_documented_json_errors(fake_daemon, method, path, body
 def test_autoload_false_is_honoured(fake_daemon):
     d = fake_daemon({"a.gguf": fake()})
     response = d.http.post("/v1/chat/completions?autoload=false", json={"model": "a"})
-    assert response.status_code == 503 and "not loaded" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "not loaded" in response.json()["error"]["message"]
     assert d.models()["a"]["status"]["value"] == "unloaded"
     assert d.http.post("/models/load", json={"model": "a"}).json() == {"success": True}
     wait_until(lambda: d.models()["a"]["status"]["value"] == "loaded", 10, "the load")
@@ -309,10 +309,10 @@ def test_models_sse_streams_state_changes(fake_daemon):
         for line in lines:
             if line.startswith("data: "):
                 seen.append(json.loads(line[6:]))
-                if seen[-1]["data"].get("value") == "loaded":
+                if seen[-1]["data"].get("status") == "loaded":
                     break
     assert [e["model"] for e in seen] == ["a"] * len(seen)
-    assert seen[0]["data"]["value"] == "loading" and seen[-1]["data"]["value"] == "loaded"
+    assert seen[0]["data"]["status"] == "loading" and seen[-1]["data"]["status"] == "loaded"
 
 
 def test_llmctl_events_prints_state_changes_as_json_lines(fake_daemon):
@@ -328,12 +328,13 @@ def test_llmctl_events_prints_state_changes_as_json_lines(fake_daemon):
 
         threading.Thread(target=read, daemon=True).start()
         wait_until(lambda: d.llmctl("load", "a") and events, 10, "the first event")
-        wait_until(lambda: any(e["data"].get("value") == "loaded" for e in events), 10,
+        wait_until(lambda: any(e["data"].get("status") == "loaded" for e in events), 10,
                    "the loaded event")
     finally:
         follower.terminate()
         follower.wait(10)
-    assert all(e["model"] == "a" and e["event"] == "status_change" for e in events)
+    assert all(e["model"] == "a" and e["event"] in ("model_status", "status_change")
+               for e in events)
 
 
 def test_a_client_expecting_100_continue_gets_the_childs_answer(fake_daemon):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import click
@@ -52,3 +54,49 @@ def test_every_llmd_option_is_documented():
             assert opt in page, f"llmd(8) lacks {opt}"
     for word in ("SIGTERM", "SIGHUP", "EXIT STATUS", "LISTEN_FDS", "NOTIFY_SOCKET"):
         assert word in page
+
+
+README = MAN.parent / "README.md"
+_NOT_ROUTES = ("/etc/", "/proc", "/run/", "/usr/", "/var/", "/tmp/")
+
+
+def test_every_route_the_readme_names_is_served():
+    from llmd.router import KNOWN_PATHS
+    text = README.read_text()
+    routes = set(re.findall(r"`(?:(?:GET|POST|DELETE|OPTIONS) )?(/[A-Za-z0-9_/{}.:\-]+)", text))
+    routes = {r for r in routes if not r.startswith(_NOT_ROUTES)}
+    assert "/v1/chat/completions" in routes and "/models/sse" in routes
+    per_model = {"/v1/models/{id}", "/models/{id}"}  # GET, by name: not a fixed path
+    missing = sorted(r for r in routes if r not in KNOWN_PATHS and r not in per_model)
+    assert not missing, f"README names routes the router does not serve: {missing}"
+
+
+def test_every_config_key_in_the_readme_exists():
+    fields = {f.name for f in dataclasses.fields(config.Config)}
+    model_fields = {f.name for f in dataclasses.fields(config.ModelConfig)}
+    text = README.read_text()
+    for block in re.findall(r"```toml\n(.*?)```", text, re.S):
+        data = tomllib.loads(block)
+        for key, value in data.items():
+            if key == "models":
+                for model in value.values():
+                    assert set(model) <= model_fields, f"unknown model keys {set(model)}"
+            else:
+                assert key in fields, f"README names config key {key!r}, which llmd lacks"
+    for key in set(re.findall(r"`([a-z_]+) = ", text)):
+        assert key in fields | model_fields, f"README names config key {key!r}"
+
+
+def test_every_llmctl_verb_the_readme_names_exists():
+    verbs = set(re.findall(r"`(?:\.venv/bin/)?llmctl ([a-z-]+)", README.read_text()))
+    assert {"load", "unload", "ps", "files"} <= verbs
+    assert verbs <= set(llmctl_main.commands), verbs - set(llmctl_main.commands)
+
+
+def test_the_readme_quotes_the_set_up_times_measured_on_fresh_machines():
+    measured = (MAN.parent / "bench" / "setup.md").read_text()
+    build = re.search(r"- build: (\d+ to \d+) minutes", measured).group(1)
+    suite = re.search(r"- `./scripts/test`, the first time: (\d+ to \d+) minutes", measured)
+    head = " ".join(README.read_text().split("---")[0].split())
+    assert f"takes {build} minutes on 2 cores" in head
+    assert f"{suite.group(1)} minutes the first time" in head

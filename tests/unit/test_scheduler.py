@@ -238,18 +238,24 @@ async def test_pinned_model_is_not_evicted(autojump_clock):
         assert s.models["p"].state == "loaded" and s.models["a"].state == "unloaded"
 
 
-async def test_state_changes_are_published(autojump_clock):
+async def test_state_changes_are_published_in_llama_cpp_router_shapes(autojump_clock):
     s = Scheduler(specs("a"), FakeLauncher())
     async with running(s):
         events = s.subscribe()
         await s.load("a")
+        await s.unload("a")
         seen = []
         while True:
             try:
-                seen.append(events.receive_nowait()["data"]["value"])
+                event = events.receive_nowait()
             except trio.WouldBlock:
                 break
-    assert seen == ["loading", "loading", "loaded"]
+            seen.append((event["event"], event["data"]["status"]))
+        assert event["data"]["exit_code"] == 0 and event["model"] == "a"
+        assert "args" in event["data"]  # llmd's own fields ride along
+    assert seen == [("model_status", "loading"), ("status_change", "loading"),
+                    ("status_change", "loading"), ("status_change", "loaded"),
+                    ("status_change", "loaded"), ("status_change", "unloaded")]
 
 
 async def test_a_busy_victim_whose_child_is_stopping_is_not_handed_out_again(autojump_clock):
