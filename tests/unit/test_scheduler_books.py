@@ -27,6 +27,15 @@ def machine(tmp_path, launcher: FakeLauncher, totals, use_by_model, *, margin=10
     return Devices(margin, nvml=Nvml(gpus), meminfo=str(meminfo), proc=str(tmp_path)), gpus
 
 
+def three_4_gib_models(tmp_path, launcher: FakeLauncher,
+                       release_lag: float = 0.0) -> tuple[Scheduler, FakeGpus]:
+    """Models a, b and c, 4 GiB each on a 10 GiB GPU with a 1 GiB margin: two fit."""
+    devices, gpus = machine(tmp_path, launcher, [10240], {n: {0: 4096} for n in "abc"},
+                            release_lag=release_lag)
+    return Scheduler(models("a", "b", "c"), launcher, models_max=0, devices=devices,
+                     estimator=StubNeeds({n: {"gpu0": 4096} for n in "abc"})), gpus
+
+
 def two_that_fill_a_gpu(tmp_path, launcher: FakeLauncher, release_lag: float) -> Scheduler:
     """Models a and b, 6000 MiB each on a 10 GiB GPU: only one fits at a time."""
     devices, _ = machine(tmp_path, launcher, [10240], {n: {0: 6000} for n in "ab"},
@@ -42,11 +51,8 @@ def loaded(s: Scheduler) -> set[str]:
 async def test_memory_other_programs_use_on_a_gpu_lowers_the_room(autojump_clock, tmp_path):
     # 10 GiB GPU, 1 GiB margin, 4 GiB models: two fit on an empty GPU, one beside a
     # program holding 3 GiB.
-    launcher = FakeLauncher()
-    devices, gpus = machine(tmp_path, launcher, [10240], {n: {0: 4096} for n in "abc"})
+    s, gpus = three_4_gib_models(tmp_path, FakeLauncher())
     gpus.others[0] = 3072
-    s = Scheduler(models("a", "b", "c"), launcher, models_max=0, devices=devices,
-                  estimator=StubNeeds({n: {"gpu0": 4096} for n in "abc"}))
     async with running(s):
         await use(s, "a")
         await trio.sleep(2)
@@ -85,10 +91,7 @@ async def test_an_evicted_childs_memory_is_spent_only_once_the_gpu_reports_it_fr
     # The driver reports an exited child's memory free 3 s late. The load that evicted it
     # must wait for that, not take the GPU for full and evict the other model too.
     launcher = FakeLauncher()
-    devices, _ = machine(tmp_path, launcher, [10240], {n: {0: 4096} for n in "abc"},
-                         release_lag=3)
-    s = Scheduler(models("a", "b", "c"), launcher, models_max=0, devices=devices,
-                  estimator=StubNeeds({n: {"gpu0": 4096} for n in "abc"}))
+    s, _ = three_4_gib_models(tmp_path, launcher, release_lag=3)
     async with running(s):
         await use(s, "a")
         await trio.sleep(2)
