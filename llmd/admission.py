@@ -22,10 +22,10 @@ from .books import Ledger
 from .errors import NoRoom
 from .model import DeviceTable, Model
 from .releases import RELEASE_TIMEOUT, Releases
+from .state import RUNNING
 
 log = logging.getLogger("llmd.admission")
 
-RUNNING = ("loading", "loaded", "draining")  # admitted: these count against the limits
 
 
 class Admission:

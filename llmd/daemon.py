@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .control import Control
 from .download import Hub
 from .estimate import Estimator, identity
+from .state import STARTING, UP
 from .memory import Devices
 from .metrics import Metrics
 from .proxy import Proxy
@@ -238,9 +239,8 @@ async def _until_signal(shutdown: trio.Event, reload: Callable[[], object]) -> N
 
 def status_line(scheduler: Scheduler) -> str:
     """What llmd is doing, for systemd's STATUS=: "3 models, 1 loaded: gemma (2 in flight)"."""
-    loaded = [m for m in scheduler.models.values() if m.state in ("loaded", "draining")]
-    starting = [m.spec.name for m in scheduler.models.values()
-                if m.state in ("estimating", "queued", "loading")]
+    loaded = [m for m in scheduler.models.values() if m.state in UP]
+    starting = [m.spec.name for m in scheduler.models.values() if m.state in STARTING]
     text = f"{len(scheduler.models)} models, {len(loaded)} loaded"
     if loaded:
         text += ": " + ", ".join(
@@ -262,7 +262,8 @@ async def _report_status(scheduler: Scheduler, notifier: Notifier) -> None:
 async def _startup_loads(scheduler: Scheduler, notifier: Notifier) -> None:
     """Wait for load_on_startup models to settle, asking systemd for more time meanwhile."""
     for model in scheduler.models.values():
-        while model.spec.load_on_startup and model.state in ("estimating", "queued", "loading"):
+        # A download counts: the service is up once what it must load at startup is.
+        while model.spec.load_on_startup and model.state in STARTING:
             notifier.send(f"EXTEND_TIMEOUT_USEC={int(15e6)}",
                           f"STATUS=loading {model.spec.name} (load_on_startup)")
             with trio.move_on_after(10):

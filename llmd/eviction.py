@@ -6,6 +6,7 @@ import math
 from typing import Iterable
 
 from .model import Model
+from .state import State
 
 
 def victim(models: Iterable[Model], for_model: Model, short: list[str],
@@ -17,7 +18,7 @@ def victim(models: Iterable[Model], for_model: Model, short: list[str],
     loaded for them; nor one loaded after `settled`.
     """
     candidates = [m for m in models
-                  if m is not for_model and m.state == "loaded" and (busy or m.leases == 0)
+                  if m is not for_model and m.state is State.LOADED and (busy or m.leases == 0)
                   and m.waiters == 0 and not m.spec.pin
                   and (m.loaded_at is None or m.loaded_at <= settled)
                   and (not short or any(m.booked().get(d) for d in short))]
@@ -27,6 +28,6 @@ def victim(models: Iterable[Model], for_model: Model, short: list[str],
 def next_settled(models: Iterable[Model], min_residency: float, now: float) -> float:
     """When the next loaded model still inside its min_residency leaves it (inf: none)."""
     ends = [m.loaded_at + min_residency for m in models
-            if m.state == "loaded" and m.loaded_at is not None
+            if m.state is State.LOADED and m.loaded_at is not None
             and m.loaded_at + min_residency > now]
     return min(ends, default=math.inf)

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .state import State
+
 if TYPE_CHECKING:
     from .connections import Limit
     from .scheduler import Scheduler
@@ -50,7 +52,7 @@ class Metrics:
         lines.append(f"llmd_request_duration_seconds_count {cumulative}")
         for metric, text, value in (
                 ("loaded", "Whether a model is loaded (1) or not (0).",
-                 lambda m: int(m.state == "loaded")),
+                 lambda m: int(m.state is State.LOADED)),
                 ("leases", "Requests in flight per model.", lambda m: m.leases),
                 ("waiters", "Requests waiting for a model to be loaded.", lambda m: m.waiters)):
             lines += [f"# HELP llmd_model_{metric} {text}", f"# TYPE llmd_model_{metric} gauge"]

@@ -12,6 +12,7 @@ from . import books
 from .catalog import ModelSpec
 from .errors import LlmdError
 from .memory import Device
+from .state import State
 
 
 class Handle(Protocol):
@@ -68,7 +69,7 @@ class Model:
     """The scheduler's books on one model. Only the scheduler writes these."""
 
     spec: ModelSpec
-    state: str = "unloaded"
+    state: State = State.UNLOADED
     handle: Handle | None = None
     leases: int = 0
     waiters: int = 0

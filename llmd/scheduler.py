@@ -15,12 +15,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from . import prepare, status
-from .admission import RUNNING, Admission
+from .admission import Admission
 from .download import DownloadError, parse_ref
 from .catalog import ModelSpec, file_identity, names
 from .events import Broker
 from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded
 from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
+from .state import RUNNING, STARTING, State, check
 
 log = logging.getLogger("llmd.scheduler")
 
@@ -32,11 +33,9 @@ def _is_hub_ref(name: str) -> bool:
         return False
     return True
 
-# Internal states. On the wire "queued" reads as "loading" and "draining" as "loaded".
 UNLOADED, DOWNLOADING, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
-    "unloaded", "downloading", "estimating", "queued", "loading", "loaded", "draining")
-_WIRE = {ESTIMATING: "loading", QUEUED: "loading", DRAINING: "loaded"}
-_STARTING = (DOWNLOADING, ESTIMATING, QUEUED, LOADING)
+    State.UNLOADED, State.DOWNLOADING, State.ESTIMATING, State.QUEUED, State.LOADING,
+    State.LOADED, State.DRAINING)
 _MEASURE_EVERY = 2.0  # seconds between measurements of a child's real use
 
 
@@ -165,11 +164,11 @@ class Scheduler:
                     if not keep and (failed := self._failed_before(model)) is not None:
                         raise failed
                     attempt = self._start(model, keep=keep)
-                elif model.state in _STARTING:
+                elif model.state in STARTING:
                     attempt = model.attempt
                 await model.changed.wait()
         except trio.Cancelled:
-            if (model.waiters == 1 and not model.keep and model.state in _STARTING
+            if (model.waiters == 1 and not model.keep and model.state in STARTING
                     and model.scope is not None):
                 log.info("%s: last waiting client left; cancelling its load", model.spec.name)
                 # Nobody wants it: its partial download goes. Unless llmd is stopping, which
@@ -288,7 +287,7 @@ class Scheduler:
         else:
             first = ESTIMATING if self.devices is not None else QUEUED
         self.events.publish({"model": model.spec.name, "event": "model_status",
-                             "data": {"status": _WIRE.get(first, first)}})
+                             "data": {"status": first.wire}})
         self._set(model, first)
         self._nursery_start(self._supervise, model, model.attempt)
         return model.attempt
@@ -462,7 +461,9 @@ class Scheduler:
 
     # ---- state and events -----------------------------------------------------
 
-    def _set(self, model: Model, state: str) -> None:
+    def _set(self, model: Model, state: State) -> None:
+        """The one place a model's state changes; raises IllegalTransition."""
+        check(model.spec.name, model.state, state)
         model.state = state
         model.changed.set()
         model.changed = trio.Event()
@@ -478,7 +479,7 @@ class Scheduler:
 
     def describe(self, model: Model) -> dict[str, Any]:
         """One model in the llama.cpp router's /models shape, plus llmd's own fields."""
-        return status.describe(model, _WIRE.get(model.state, model.state), trio.current_time())
+        return status.describe(model, model.state.wire, trio.current_time())
 
     def listed(self, model: Model) -> bool:
         """Whether requests can name the model (a reload may have retired it)."""

@@ -7,22 +7,22 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import chat_template
-from .admission import RUNNING
+from .state import RUNNING, State
 from .prepare import launch_spec
 
 if TYPE_CHECKING:
-    from .scheduler import Model
+    from .model import Model
 
 
 def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
     """One model for /models, llmctl ps and status; `now` is the scheduler's clock."""
     spec = model.spec
     # Model files are read for their chat template when a model loads, not to list it.
-    look = model.state != "unloaded"
+    look = model.state is not State.UNLOADED
     # The arguments its child runs with, or will: llmd may add its own (launch_spec).
     status: dict[str, Any] = {"value": wire_state,
                               "args": list(launch_spec(model, look).child_args())}
-    if model.state == "unloaded" and model.failure is not None:
+    if model.state is State.UNLOADED and model.failure is not None:
         status.update(failed=True, exit_code=model.failure.exit_code,
                       reason=model.failure.reason, tail=model.failure.tail[-20:])
     wall = time.time()
@@ -39,7 +39,7 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
         # Which chat template the child uses and who chose it (read once per file).
         "chat_template": chat_template.template(spec, look).describe(),
         "status": status,
-        "state": model.state,
+        "state": model.state.value,
         "pid": handle.pid if handle else None,
         "port": handle.port if handle else None,
         "leases": model.leases,
@@ -55,7 +55,7 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
                    "cache_ram_mib": model.cache_ram},
         "ttl": spec.ttl,
         "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
-                     if spec.ttl and model.state == "loaded" and not model.leases else None),
+                     if spec.ttl and model.state is State.LOADED and not model.leases else None),
         "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
         "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
     }

@@ -11,6 +11,7 @@ import gguf
 import pytest
 
 from llmctl import render
+from llmd.state import State
 from llmd import chat_template, gguf_meta
 from llmd.catalog import ModelSpec
 from llmd.model import Model
@@ -186,7 +187,7 @@ def test_llmctl_status_shows_who_chose_the_template(tmp_path):
     assert status.describe(_model(path), "unloaded", 0.0)["chat_template"]["source"] == \
         "unknown"  # listing a model that has not loaded reads no file
     loading = _model(path)
-    loading.state = "loading"
+    loading.state = State.LOADING
     described = status.describe(loading, "loading", 0.0)
     assert described["chat_template"]["source"] == "llmd"
     assert described["status"]["args"][-len(LLMD_ARGS):] == list(LLMD_ARGS)
