@@ -54,7 +54,7 @@ def _is_draft(name: str) -> bool:
 
 def _is_later_shard(name: str) -> bool:
     m = _SHARD.search(name)
-    return bool(m) and int(m.group(1)) != 1
+    return m is not None and int(m.group(1)) != 1
 
 
 def file_identity(path: str) -> tuple[int, ...] | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import functools
 import ctypes
 import logging
 import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import trio
 
@@ -21,6 +22,7 @@ log = logging.getLogger("llmd.child")
 _PR_SET_PDEATHSIG = 1
 _GATHER_SECONDS = 0.003  # how long a child's output may wait to be read with what follows
 _ANNOUNCE_GRACE = 0.01  # how long a 200 from /health waits for the child's "listening" line
+_prctl: Any
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _prctl = _libc.prctl
@@ -182,7 +184,7 @@ def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = ""
             # with the others. A child in a session of its own served 32 clients'
             # completions at 0.87x direct llama-server; in llmd's, 1.0x.
             process_group=0,
-            preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     except BaseException:
         os.close(read_fd)

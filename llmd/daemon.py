@@ -196,7 +196,7 @@ class Reloader:
         self.scheduler = scheduler
         self.apps = apps
 
-    def __call__(self) -> dict[str, object]:
+    def __call__(self) -> dict[str, list[str]]:
         """Reload now; raise ConfigError (keeping the running config) when the file is bad."""
         if self.load is None:
             return {"added": [], "removed": [], "changed": []}

@@ -73,7 +73,7 @@ class Nvml:
         self.available = False
         try:
             if self._nvml is None:
-                import pynvml
+                import pynvml  # type: ignore[import-untyped,unused-ignore]
 
                 self._nvml = pynvml
             self._nvml.nvmlInit()

@@ -29,10 +29,19 @@ class Handle(Protocol):
 
 
 class Exit(Protocol):
-    code: int | None
-    reason: str
-    tail: list[str]
-    ready: bool
+    """How a child's run ended (child.Exit, or a fake's)."""
+
+    @property
+    def code(self) -> int | None: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def tail(self) -> list[str]: ...
+
+    @property
+    def ready(self) -> bool: ...
 
 
 # launcher(spec, on_ready) runs a child until it exits; cancelling it stops the child.

@@ -54,7 +54,7 @@ def _listeners(port: int) -> set[str] | None:
 
 
 def _sockets_of(pid: int) -> set[str]:
-    found = set()
+    found: set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

@@ -130,7 +130,8 @@ class Response:
 
     def __init__(self, pool: Upstream, key: tuple[str, int], conn: _Connection,
                  message: _Message) -> None:
-        self._pool, self._key, self._conn, self._message = pool, key, conn, message
+        self._pool, self._key, self._message = pool, key, message
+        self._conn: _Connection | None = conn
         self.status: int = message.parser.get_status_code()
         self.headers = message.headers
         self._framed = bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
@@ -175,12 +176,11 @@ class Response:
 
 
 async def _feed(conn: _Connection, message: _Message, framed: bool = True) -> None:
+    error: OSError | None = None
     try:
         data = await conn.receive()
     except OSError as exc:
         data, error = b"", exc
-    else:
-        error = None
     if not data:
         if message.received == 0:
             raise _Stale(repr(error) if error else "connection closed")
