@@ -258,8 +258,9 @@ class Connection:
         peer = None
         if server.tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.client: tuple[str, int] | None = tuple(address[:2])  # type: ignore[assignment]
-            self.local: tuple[str, int] | None = tuple(sock.getsockname()[:2])  # type: ignore
+            self.client: tuple[str, int] | None = (address[0], address[1])
+            local = sock.getsockname()
+            self.local: tuple[str, int] | None = (local[0], local[1])
         else:
             self.client = self.local = None
             try:
@@ -470,7 +471,7 @@ class Connection:
             self._held = b""
             body = message.get("body", b"")
             if body and not self._head_request:
-                parts += conn.send_with_data_passthrough(h11.Data(data=body))
+                parts += conn.send_with_data_passthrough(h11.Data(data=body)) or []
             if not more:
                 end = conn.send(h11.EndOfMessage())
                 if end:
@@ -488,12 +489,12 @@ class Connection:
                     break
             head = self.conn.send(h11.Response(
                 status_code=status, headers=[*headers, (b"date", _Date.now())],
-                reason=PHRASES.get(status, b"")))
+                reason=PHRASES.get(status, b""))) or b""
             self.started = True
             if sized:  # its body follows at once: both go out in one write
-                self._held = head  # type: ignore[assignment]
+                self._held = head
             else:  # a stream, whose first chunk may be a long way off
-                await self.write([head])  # type: ignore[list-item]
+                await self.write([head])
 
     async def write(self, parts: list[bytes]) -> None:
         """Send `parts` in one write if the socket takes them; wait only for what it won't."""
