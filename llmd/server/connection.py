@@ -186,8 +186,12 @@ class _Server:
                 else:
                     _close(sock)
             else:
+                try:
+                    connection = Connection(self, sock, address)
+                except OSError:  # reset before it could be looked at
+                    sock.close()
+                    continue
                 limit.current += 1
-                connection = Connection(self, sock, address)
                 self.connections.add(connection)
                 nursery.start_soon(connection.run)
             await trio.lowlevel.checkpoint()  # a flood of connections lets the rest run
@@ -241,6 +245,8 @@ class _Receive:
             message = c.take()
             if message is not None:
                 return message
+            if c.hangup.gone:
+                return DISCONNECT
 
 
 class Connection:
