@@ -32,8 +32,9 @@ the app works. Its contract, each point pinned by tests/unit/test_server.py:
    TCP).
 7. Graceful shutdown. When `shutdown` is set the listener is no longer accepted from and
    idle connections close; requests in flight may finish for `shutdown_timeout` seconds
-   (their connections close after their response), then they are cancelled. (The daemon
-   ends leases just before that, so streams end with an error event.)
+   (their connections close after their response), then they are cancelled; one that had
+   not started its response is answered 503 "llmd is shutting down". (The daemon ends
+   leases just before that, so streams end with an error event.)
 8. Status lines carry reason phrases: `HTTP/1.1 400 Bad Request`. Responses carry a Date.
 
 Nothing here patches another library: h11 is used through its public API only.

@@ -377,6 +377,12 @@ class Connection:
             if not self.started and not self.hangup.gone:
                 await self.write([error_response(ServerError("internal error; see llmd's log"))])
             return False
+        except BaseException:  # cancelled: shutdown_timeout has passed
+            if not self.started and not self.hangup.gone:
+                # Said without waiting, so it can be said while cancelled: the client
+                # learns why it got nothing, as far as the socket takes it at once.
+                self.write_now(error_response(Unavailable("llmd is shutting down")))
+            raise
         finally:
             self._unwatch()
         if self.hangup.gone:
@@ -501,6 +507,13 @@ class Connection:
                 self._held = head
             else:  # a stream, whose first chunk may be a long way off
                 await self.write([head])
+
+    def write_now(self, data: bytes) -> None:
+        """Send what the socket takes of `data` now, and nothing more."""
+        try:
+            self.sock.send(data)
+        except OSError:
+            pass
 
     async def write(self, parts: list[bytes]) -> None:
         """Send `parts` in one write if the socket takes them; wait only for what it won't."""

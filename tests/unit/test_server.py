@@ -304,6 +304,9 @@ async def test_shutdown_cancels_what_is_still_running_at_shutdown_timeout() -> N
             await stream.send_all(GET)
             await trio.testing.wait_all_tasks_blocked()
     assert cancelled.is_set()
+    answer = await read_all(stream)
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert body_of(answer)["error"]["message"] == "llmd is shutting down"
 
 
 async def test_status_lines_carry_reason_phrases_and_a_date() -> None:
