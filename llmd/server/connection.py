@@ -305,6 +305,8 @@ class Connection:
                 with self.timer:
                     await self._serve()
                 nursery.cancel_scope.cancel()
+        except Exception:  # a bug here must cost one connection, never the listener
+            log.exception("connection from %s failed", self.client or "the control socket")
         finally:
             self._watching = False
             if not self.hangup.gone:
@@ -576,6 +578,8 @@ class Connection:
             with trio.CancelScope() as self._watch_scope:
                 await trio.lowlevel.wait_readable(sock)
             self._watch_scope = None
+            if self.hangup.gone:
+                return
             if not self._watching:
                 continue
             try:
