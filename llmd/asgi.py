@@ -51,7 +51,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float) 
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
     body = _Body(limit)
-    # A receive that offers nowait() (llmd's app queue) gives what has arrived at once: a
+    # A receive that offers nowait() (llmd's server's) gives what has arrived at once: a
     # body that came whole needs no cancel scope to time it.
     nowait = getattr(receive, "nowait", None)
     if nowait is not None:

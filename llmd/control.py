@@ -9,13 +9,14 @@ from typing import Any, Callable
 
 import trio
 
-from . import asgi, follow, peercred
+from . import asgi, follow
 from .asgi import Receive, Scope, Send
 from .config import Config
 from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
-from .hangup import cancelled_on_hangup
 from .model import Model
 from .scheduler import Scheduler
+from .server import peercred
+from .server.hangup import cancelled_on_hangup
 
 log = logging.getLogger("llmd.control")
 
@@ -51,15 +52,15 @@ class Control:
             if path == "/ps":
                 return await asgi.send_json(send, 200, {"models": self.scheduler.snapshot()})
             if path == "/logs" and params.get("follow") in ("1", "true"):
-                return await self._follow(send, params)
+                return await self._follow(scope, send, params)
             if path == "/logs":
                 return await asgi.send_json(send, 200, self._logs(params))
             if path == "/events":
-                with cancelled_on_hangup(send) as send:
+                with cancelled_on_hangup(scope, send) as send:
                     await asgi.event_stream(send, self.scheduler.subscribe())
                 return
         elif method == "POST":
-            self._authorize(path)
+            self._authorize(scope, path)
         if method == "POST" and path == "/reload":
             try:
                 return await asgi.send_json(send, 200, self.reload())
@@ -74,21 +75,21 @@ class Control:
             wait = body.get("wait", True) is not False
             if path == "/load":
                 model = await self._while_connected(
-                    send, self.scheduler.load(name, wait=wait))
+                    scope, send, self.scheduler.load(name, wait=wait))
             elif path == "/pull":
                 model = await self._while_connected(
-                    send, self.scheduler.pull(name, wait=wait))
+                    scope, send, self.scheduler.pull(name, wait=wait))
             else:
                 force = body.get("force", False) is True
                 model = await self._while_connected(
-                    send, self.scheduler.unload(name, force=force, wait=wait))
+                    scope, send, self.scheduler.unload(name, force=force, wait=wait))
             if model is None:
                 return
             return await asgi.send_json(send, 200, self.scheduler.describe(model))
         raise NotFound(f"no route for {method} {path}")
 
-    def _authorize(self, path: str) -> None:
-        peer = peercred.PEER.get()
+    def _authorize(self, scope: Scope, path: str) -> None:
+        peer = peercred.of(scope)
         if peercred.may_control(peer, self.config.control_group):
             return
         who = f"uid {peer.uid} pid {peer.pid}" if peer else "an unknown peer"
@@ -97,10 +98,10 @@ class Control:
         raise Forbidden(f"{path.strip('/')} needs root, llmd's own user or membership in group "
                         f"'{self.config.control_group}'")
 
-    async def _while_connected(self, send: Send, work: Any) -> Any:
+    async def _while_connected(self, scope: Scope, send: Send, work: Any) -> Any:
         # Waiting for a load is cancelled when llmctl goes away; the load itself goes on.
         result = None
-        with cancelled_on_hangup(send):
+        with cancelled_on_hangup(scope, send):
             result = await work
         return result
 
@@ -137,12 +138,12 @@ class Control:
         model, lines = self._logs_of(params)
         return {"model": model.spec.name, "lines": follow.tail(model, lines)}
 
-    async def _follow(self, send: Send, params: dict[str, str]) -> None:
+    async def _follow(self, scope: Scope, send: Send, params: dict[str, str]) -> None:
         model, lines = self._logs_of(params)
         out, found = trio.open_memory_channel[dict[str, Any]](1024)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow.lines, model, lines, out)
-            with cancelled_on_hangup(send) as send:
+            with cancelled_on_hangup(scope, send) as send:
                 await asgi.event_stream(send, found)
             nursery.cancel_scope.cancel()
 

@@ -15,11 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, TypedDict
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
-from . import app_queue, catalog, child, connections
+from . import catalog, child, server
 from .catalog import ModelSpec
 from .config import Config
 from .errors import ConfigError
@@ -135,18 +133,13 @@ def _set_group(path: str, group: str) -> None:
         log.info("cannot give the control socket to group %r (not permitted)", group)
 
 
-def _server_config(fd: int, config: Config, limit: connections.Limit) -> hypercorn.config.Config:
-    hc = connections.ServerConfig()
-    hc.bind = [f"fd://{fd}"]
-    hc.errorlog = logging.getLogger("llmd.http")
-    hc.accesslog = None
-    hc.include_server_header = False
-    hc.graceful_timeout = config.shutdown_timeout
-    # hypercorn closes a connection that has not sent a whole request head this long after
-    # it opened or after its last response: the slow-loris bound, and the keep-alive one.
-    hc.keep_alive_timeout = config.header_timeout
-    connections.set_limit(hc, limit)
-    return hc
+def server_settings(config: Config) -> server.Settings:
+    """The servers' time limits from the configuration."""
+    # One bound for a request head: after a connection opens (slow loris) and after its
+    # last response (idle keep-alive).
+    return server.Settings(header_timeout=config.header_timeout,
+                           keepalive_timeout=config.header_timeout,
+                           shutdown_timeout=config.shutdown_timeout)
 
 
 def make_launcher(config: Config, upstream: Upstream) -> Launcher:
@@ -295,8 +288,6 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
     """Run llmd until SIGTERM/SIGINT: serve, then drain, then stop every child."""
     specs = catalog.build(config) if specs is None else specs
     raise_fd_limit()
-    connections.install()
-    app_queue.install()
     activation = activation or Activation()
     notifier = notifier or Notifier({})
     shutdown = trio.Event()
@@ -312,7 +303,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                   allow_pull=config.allow_pull,
                                   binary=lambda: identity(config.llama_server),
                                   **memory_accounting(config))
-            limits = {app: connections.Limit(config.max_connections or 1 << 30)
+            limits = {app: server.Limit(config.max_connections or 1 << 30)
                       for app in ("router", "control")}
             router = Router(config, scheduler, Proxy(upstream),
                             Metrics(connections=limits["router"]))
@@ -324,13 +315,11 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                 await nursery.start(scheduler.run)
                 async with trio.open_nursery() as servers:
                     servers.start_soon(_until_signal, shutdown, reloader)
+                    settings = server_settings(config)
                     for app, sock, limit in ((router, router_sock, limits["router"]),
                                              (control, control_sock, limits["control"])):
-                        # hypercorn gets its own fd; ours is closed when the block ends.
-                        await servers.start(partial(
-                            hypercorn.trio.serve, app,
-                            _server_config(os.dup(sock.fileno()), config, limit),
-                            shutdown_trigger=shutdown.wait))
+                        await servers.start(partial(server.serve, app, sock, settings, limit,
+                                                    shutdown))
                     log.info("llmd listening: router on %s, control on %s, %d models",
                              _where(router_sock), _where(control_sock), len(specs))
                     nursery.start_soon(notifier.watchdog)
@@ -349,7 +338,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
 
 
 async def _end_requests(scheduler: Scheduler, shutdown_timeout: float) -> None:
-    # Just before hypercorn's graceful timeout cuts connections mid-air, end the requests
+    # Just before the servers' shutdown_timeout cuts connections mid-air, end the requests
     # still in flight ourselves: a stream then ends with an error event a client can read.
     await trio.sleep(max(0.0, shutdown_timeout - min(1.0, shutdown_timeout / 4)))
     log.warning("shutdown_timeout: ending the requests still in flight")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .state import State
 
 if TYPE_CHECKING:
-    from .connections import Limit
+    from .server import Limit
     from .scheduler import Scheduler
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

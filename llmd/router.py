@@ -11,7 +11,7 @@ from . import asgi, origins
 from .asgi import Receive, Scope, Send
 from .config import Config
 from .errors import BadRequest, ConfigError, LlmdError, NotFound, ServerError, Unauthorized
-from .hangup import cancelled_on_hangup
+from .server.hangup import cancelled_on_hangup
 from .metrics import Metrics
 from .proxy import Proxy
 from .scheduler import Scheduler
@@ -143,7 +143,7 @@ class Router:
                 return await asgi.send_json(send, 200, {"object": "list",
                                                         "data": self.scheduler.snapshot()})
             if path == "/models/sse":
-                return await self._events(receive, send)
+                return await self._events(scope, send)
             if path.startswith(("/v1/models/", "/models/")) and path.count("/") >= 2:
                 # OpenAI's models.retrieve; a name may hold slashes (owner/repo:QUANT).
                 name = path.split("/models/", 1)[1]
@@ -182,7 +182,7 @@ class Router:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
                      autoload: bool) -> None:
-        with cancelled_on_hangup(send) as send:
+        with cancelled_on_hangup(scope, send) as send:
             async with self.scheduler.lease(model, autoload=autoload) as handle:
                 await self.proxy.forward(send, scope["method"], handle.base_url, scope["path"],
                                          scope.get("query_string", b""), scope["headers"], body)
@@ -199,8 +199,8 @@ class Router:
             await self.scheduler.unload(name, wait=False)
         await asgi.send_json(send, 200, {"success": True})
 
-    async def _events(self, receive: Receive, send: Send) -> None:
-        with cancelled_on_hangup(send) as send:
+    async def _events(self, scope: Scope, send: Send) -> None:
+        with cancelled_on_hangup(scope, send) as send:
             await asgi.event_stream(send, self.scheduler.subscribe())
 
     def _props(self) -> dict[str, Any]:

@@ -6,15 +6,33 @@ import pytest
 import trio
 import trio.testing
 
-from llmd import app_queue, asgi
+from llmd import asgi
 from llmd.errors import BodyTooLarge, RequestTimeout
 
 SCOPE = {"headers": []}
 
 
+class _Take:
+    """A receive with nowait(), as llmd's server gives apps: waits only when empty."""
+
+    def __init__(self, channel: trio.MemoryReceiveChannel) -> None:
+        self.nowait = channel.receive_nowait
+        self._receive = channel.receive
+
+    async def __call__(self) -> dict:
+        try:
+            return self.nowait()
+        except trio.WouldBlock:
+            return await self._receive()
+
+
 def _queue():  # type: ignore[no-untyped-def]
     to_app, from_server = trio.open_memory_channel(10)
-    return app_queue.putter(to_app), app_queue.Taker(from_server)
+
+    async def put(event: dict) -> None:
+        to_app.send_nowait(event)
+
+    return put, _Take(from_server)
 
 
 def _part(data: bytes, more: bool) -> dict:

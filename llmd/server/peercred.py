@@ -1,20 +1,19 @@
 """Who is on the other end of a control-socket connection (SO_PEERCRED), for the apps.
 
-hypercorn's ASGI scope has no client for Unix sockets, so connections.py reads the
-peer's pid/uid/gid as each connection starts into a context variable, which the
-connection's ASGI tasks inherit.
+An ASGI scope has no client for Unix sockets, so llmd's server reads the peer's
+pid/uid/gid as each connection starts and puts it in every request's scope as
+`scope["extensions"]["peercred"]` (see `of`).
 """
 
 from __future__ import annotations
 
-import contextvars
 import grp
 import os
 import pwd
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, MutableMapping
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Peer:
     gids: frozenset[int]
 
 
-PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("llmd_peer", default=None)
+EXTENSION = "peercred"
 _CREDS = struct.Struct("3i")
 
 
@@ -49,6 +48,12 @@ def peer_of(sock: Any) -> Peer | None:
     pid, uid, gid = _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                   _CREDS.size))
     return Peer(pid, uid, _groups(pid, gid))
+
+
+def of(scope: MutableMapping[str, Any]) -> Peer | None:
+    """The peer of the connection a request came on, if the server could tell."""
+    extensions = scope.get("extensions")
+    return extensions.get(EXTENSION) if extensions else None
 
 
 def may_control(peer: Peer | None, group: str) -> bool:

@@ -1,22 +1,23 @@
 """Cancelling a request's work when its client hangs up, without a task per request.
 
 An ASGI app hears that its client has gone only from receive(), so noticing it in the
-middle of a request takes a second task waiting on receive() beside the work: a nursery
-and a task spawn on the path every proxied request takes. llmd's connection wrapper
-(connections.py) sees the moment a connection's read loop ends; it sets a `Hangup` in a
-context variable as each connection starts, which the connection's ASGI tasks inherit,
-and cancels the scopes they registered there.
+middle of a request would take a second task waiting on receive() beside the work: a
+nursery and a task spawn on the path every proxied request takes. llmd's server sees the
+moment a client goes (its socket reads end, or a write fails) and puts one `Hangup` per
+connection in each request's scope (`scope["extensions"]["llmd.hangup"]`); it cancels
+the scopes registered there at that moment.
 """
 
 from __future__ import annotations
 
-import contextvars
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, MutableMapping
 
 import trio
 
-from .asgi import Message, Send
+from ..asgi import Message, Send
+
+EXTENSION = "llmd.hangup"
 
 
 class Hangup:
@@ -41,38 +42,42 @@ class Hangup:
 
     def happened(self) -> None:
         """The client has gone: cancel every scope registered for it."""
+        if self.gone:
+            return
         self.gone = True
         for scope in self._scopes:
             scope.cancel()
         self._scopes.clear()
 
 
-CURRENT: contextvars.ContextVar[Hangup | None] = contextvars.ContextVar("llmd_hangup",
-                                                                       default=None)
+def of(scope: MutableMapping[str, Any]) -> Hangup | None:
+    """The request's Hangup, when a server that reports hang-ups put one in its scope."""
+    extensions = scope.get("extensions")
+    return extensions.get(EXTENSION) if extensions else None
 
 
 @contextmanager
-def cancelled_on_hangup(send: Send) -> Iterator[Send]:
+def cancelled_on_hangup(scope: MutableMapping[str, Any], send: Send) -> Iterator[Send]:
     """Run the block in a scope cancelled if the client hangs up; use the yielded send.
 
     A hangup after the response's last piece has been handed over cancels nothing: the
-    request is done, and cancelling then would cut hypercorn's own bookkeeping short.
-    Outside llmd's connection wrapper nothing can report a hangup, so nothing is cancelled.
+    request is done. Without a Hangup in the request's scope nothing can report a hangup,
+    so nothing is cancelled.
     """
-    hangup = CURRENT.get()
+    hangup = of(scope)
     if hangup is None:
         yield send
         return
-    scope = trio.CancelScope()
+    cancel = trio.CancelScope()
 
     async def tracked_send(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            hangup.forget(scope)
+            hangup.forget(cancel)
         await send(message)
 
-    hangup.watch(scope)
+    hangup.watch(cancel)
     try:
-        with scope:
+        with cancel:
             yield tracked_send
     finally:
-        hangup.forget(scope)
+        hangup.forget(cancel)

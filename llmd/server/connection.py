@@ -1,0 +1,605 @@
+"""One listener's accept loop and each connection's request loop (contract: __init__.py)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from math import inf
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from ..asgi import Message, Scope
+from ..errors import BadRequest, LlmdError, MalformedRequest, ServerError, Unavailable
+from . import hangup as hangups
+from . import peercred
+
+log = logging.getLogger("llmd.http")
+
+App = Callable[[Scope, Any, Any], Awaitable[None]]
+
+MAX_RECV = 65536
+# What the hang-up watcher may read past a request (a pipelined next one) before it
+# stops reading: a client that floods must not fill llmd's memory.
+MAX_AHEAD = 1 << 20
+PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+@dataclass
+class Limit:
+    """How many connections one listener serves at once; the rest are refused."""
+
+    most: int
+    current: int = 0
+    refused: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One listener's time limits, in seconds."""
+
+    header_timeout: float = 10  # from a connection's start to its first request's head
+    keepalive_timeout: float = 10  # from a response's end to the next request's head
+    shutdown_timeout: float = 30  # what requests in flight get once shutdown is set
+    max_head: int = 16 << 10  # a longer request head gets 431
+
+
+class _Date:
+    """The Date header's value, made once a second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second, cls.value = second, formatdate(second, usegmt=True).encode()
+        return cls.value
+
+
+def error_response(error: LlmdError, *extra: tuple[bytes, bytes]) -> bytes:
+    """A whole response carrying `error` in the documented JSON body, closing the connection."""
+    body = json.dumps(error.body()).encode()
+    headers = b"".join(b"%s: %s\r\n" % pair for pair in extra)
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n"
+            b"connection: close\r\ndate: %s\r\n\r\n%s"
+            % (error.status, PHRASES.get(error.status, b""), headers, len(body), _Date.now(),
+               body))
+
+
+def refusal(most: int) -> bytes:
+    """The answer to a connection over the limit."""
+    return error_response(Unavailable(f"too many connections (at most {most}); try again "
+                                      "shortly"), (b"retry-after", b"1"))
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    # Closing a socket with unread bytes resets the connection, and a reset can destroy
+    # the answer just sent before the client reads it: read what is there first.
+    for _ in range(16):
+        try:
+            if not sock.recv(MAX_RECV):
+                return
+        except OSError:
+            return
+
+
+def _close(sock: socket.socket) -> None:
+    _discard_unread(sock)
+    trio.lowlevel.notify_closing(sock)
+    sock.close()
+
+
+async def _finish_refusal(sock: socket.socket, rest: bytes) -> None:
+    with trio.move_on_after(1):  # a client that won't read its refusal loses it
+        try:
+            while rest:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    rest = rest[sock.send(rest):]
+                except BlockingIOError:
+                    pass
+        except OSError:
+            pass
+    _close(sock)
+
+
+async def serve(app: App, listener: socket.socket, settings: Settings, limit: Limit,
+                shutdown: trio.Event, *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `listener` to `app` until `shutdown` is set and the requests in flight end."""
+    await _Server(app, listener, settings, limit).run(shutdown, task_status)
+
+
+class _Server:
+    def __init__(self, app: App, listener: socket.socket, settings: Settings,
+                 limit: Limit) -> None:
+        self.app = app
+        self.listener = listener
+        self.settings = settings
+        self.limit = limit
+        self.tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self._all_gone: trio.Event | None = None
+
+    async def run(self, shutdown: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        self.listener.setblocking(False)
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(self._accept, nursery)
+                task_status.started()
+                await shutdown.wait()
+                accepting.cancel_scope.cancel()
+            self.closing = True
+            for connection in list(self.connections):
+                connection.close_if_idle()
+            with trio.move_on_after(self.settings.shutdown_timeout):
+                while self.connections:
+                    self._all_gone = trio.Event()
+                    await self._all_gone.wait()
+            nursery.cancel_scope.cancel()
+
+    def gone(self, connection: Connection) -> None:
+        """A connection has closed."""
+        self.connections.discard(connection)
+        self.limit.current -= 1
+        if not self.connections and self._all_gone is not None:
+            self._all_gone.set()
+
+    async def _accept(self, nursery: trio.Nursery) -> None:
+        listener, limit = self.listener, self.limit
+        while True:
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("cannot accept a connection: %s", exc.strerror)
+                    await trio.sleep(0.1)
+                continue  # the client gave up before it was accepted
+            sock.setblocking(False)
+            if limit.current >= limit.most:
+                limit.refused += 1
+                answer = refusal(limit.most)
+                try:
+                    sent = sock.send(answer)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = len(answer)  # gone already: nothing more to say
+                if sent < len(answer):
+                    nursery.start_soon(_finish_refusal, sock, answer[sent:])
+                else:
+                    _close(sock)
+            else:
+                try:
+                    connection = Connection(self, sock, address)
+                except OSError:  # reset before it could be looked at
+                    sock.close()
+                    continue
+                limit.current += 1
+                self.connections.add(connection)
+                nursery.start_soon(connection.run)
+            await trio.lowlevel.checkpoint()  # a flood of connections lets the rest run
+
+
+class _Receive:
+    """The ASGI receive of a connection's current request; `nowait()` never waits."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def nowait(self) -> Message:
+        """The next message if it is in already; trio.WouldBlock otherwise."""
+        c = self._c
+        pending = c.pending
+        if pending is not None:
+            c.pending = None
+            return pending
+        if c.hangup.gone or c.malformed or c.complete:
+            return DISCONNECT
+        if c.their_done:
+            raise trio.WouldBlock
+        message = c.take()
+        if message is None:
+            if not c.read_now():
+                raise trio.WouldBlock
+            message = c.take()
+            if message is None:
+                raise trio.WouldBlock
+        return message
+
+    async def __call__(self) -> Message:
+        try:
+            return self.nowait()
+        except trio.WouldBlock:
+            pass
+        c = self._c
+        if c.their_done:  # nothing more will come: only the client going
+            with trio.CancelScope() as wait:
+                c.hangup.watch(wait)
+                await trio.sleep_forever()
+            c.hangup.forget(wait)
+            return DISCONNECT
+        if c.conn.they_are_waiting_for_100_continue:
+            await c.write([c.conn.send(h11.InformationalResponse(
+                status_code=100, headers=[], reason=b"Continue"))])
+        while True:
+            await c.read()
+            message = c.take()
+            if message is not None:
+                return message
+            if c.hangup.gone:
+                return DISCONNECT
+
+
+class Connection:
+    """One client connection: its h11 state, its request loop, its hang-up watcher."""
+
+    def __init__(self, server: _Server, sock: socket.socket, address: Any) -> None:
+        self.server = server
+        self.app = server.app
+        self.sock = sock
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=server.settings.max_head)
+        self.hangup = hangups.Hangup()
+        self.timer = trio.CancelScope()  # its deadline is the header or keep-alive timeout
+        self.idle = True  # waiting for a request's head
+        self.receive = _Receive(self)
+        peer = None
+        if server.tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.client: tuple[str, int] | None = (address[0], address[1])
+            local = sock.getsockname()
+            self.local: tuple[str, int] | None = (local[0], local[1])
+        else:
+            self.client = self.local = None
+            try:
+                peer = peercred.peer_of(sock)
+            except OSError:
+                pass
+        self.extensions = {hangups.EXTENSION: self.hangup, peercred.EXTENSION: peer}
+        self._streak = 0  # reads and requests in a row that did not wait
+        # The current request's state.
+        self.pending: Message | None = None  # a body message taken ahead
+        self.their_done = False  # the request's body is all in
+        self.started = False
+        self.complete = False
+        self.broken = False  # a write was cut short: the connection must close
+        self.malformed = 0  # the status h11 gave a bad body, if it did
+        self._head_request = False
+        self._held = b""  # a sized response's head, waiting for its body
+        # The hang-up watcher: one task, started with the first request it is needed for.
+        self._nursery: trio.Nursery | None = None
+        self._watching = False
+        self._watcher = False
+        self._wake: trio.Event | None = None
+        self._watch_scope: trio.CancelScope | None = None
+        self._ahead = 0
+
+    def close_if_idle(self) -> None:
+        """Close now if no request is being served (shutdown)."""
+        if self.idle:
+            self.timer.cancel()
+
+    async def run(self) -> None:
+        """Serve requests until the client or the server ends the connection."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                with self.timer:
+                    await self._serve()
+                nursery.cancel_scope.cancel()
+        except Exception:  # a bug here must cost one connection, never the listener
+            log.exception("connection from %s failed", self.client or "the control socket")
+        finally:
+            self._watching = False
+            if not self.hangup.gone:
+                _close(self.sock)
+            else:
+                trio.lowlevel.notify_closing(self.sock)
+                self.sock.close()
+            self.server.gone(self)
+
+    async def _serve(self) -> None:
+        settings = self.server.settings
+        timeout = settings.header_timeout
+        conn = self.conn
+        while not self.server.closing:
+            self.idle = True
+            self.timer.deadline = trio.current_time() + timeout
+            try:
+                while True:
+                    event = conn.next_event()
+                    if event is not h11.NEED_DATA:
+                        break
+                    await self.read()
+            except h11.RemoteProtocolError as exc:
+                if not self.hangup.gone:
+                    await self.write([error_response(MalformedRequest(exc.error_status_hint))])
+                return
+            if type(event) is not h11.Request:
+                return  # the client closed the connection
+            self.idle = False
+            self.timer.deadline = inf
+            if not await self._respond(event):
+                return
+            timeout = settings.keepalive_timeout
+            self._streak += 1
+            if self._streak > 2:  # pipelined requests: let the other tasks run
+                self._streak = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _respond(self, request: h11.Request) -> bool:
+        """Serve one request; whether the connection may serve another."""
+        headers = list(request.headers)
+        length = chunked = False
+        for name, _ in headers:
+            if name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+        if length and chunked:
+            await self.write([error_response(BadRequest(
+                "request has both Content-Length and Transfer-Encoding"))])
+            return False
+        path, _, query = request.target.partition(b"?")
+        scope = {
+            "type": "http", "asgi": ASGI, "http_version": request.http_version.decode(),
+            "method": request.method.decode("ascii"), "scheme": "http",
+            "path": unquote(path.decode("latin-1")), "raw_path": path, "query_string": query,
+            "root_path": "", "headers": headers, "client": self.client, "server": self.local,
+            "extensions": self.extensions,
+        }
+        self.pending = None
+        self.their_done = self.started = self.complete = False
+        self.malformed = 0
+        self._head_request = request.method == b"HEAD"
+        self._ahead = 0
+        self.pending = self.take()  # a body that came with the head is handed over whole
+        try:
+            await self.app(scope, self.receive, self.send)
+        except Exception:
+            log.exception("request %s %s failed", scope["method"], scope["path"])
+            if not self.started and not self.hangup.gone:
+                await self.write([error_response(ServerError("internal error; see llmd's log"))])
+            return False
+        except BaseException:  # cancelled: shutdown_timeout has passed
+            if not self.started and not self.hangup.gone:
+                # Said without waiting, so it can be said while cancelled: the client
+                # learns why it got nothing, as far as the socket takes it at once.
+                self.write_now(error_response(Unavailable("llmd is shutting down")))
+            raise
+        finally:
+            self._unwatch()
+        if self.hangup.gone:
+            return False
+        if not self.started:
+            error: LlmdError = (MalformedRequest(self.malformed) if self.malformed
+                                else ServerError("no response; see llmd's log"))
+            await self.write([error_response(error)])
+            return False
+        if not self.complete or self.broken or self.server.closing:
+            return False
+        conn = self.conn
+        if conn.their_state is h11.SEND_BODY:  # a body the app did not read: skip it if in
+            try:
+                while type(conn.next_event()) is h11.Data:
+                    pass
+            except h11.RemoteProtocolError:
+                return False
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            return True
+        return False
+
+    def take(self) -> Message | None:
+        """The request body that has come in and is not handed over yet; None if none."""
+        parts = []
+        try:
+            while True:
+                event = self.conn.next_event()
+                kind = type(event)
+                if kind is h11.Data:
+                    parts.append(event.data)  # type: ignore[union-attr]
+                    continue
+                if kind is h11.EndOfMessage:
+                    self._body_done()
+                    return {"type": "http.request", "body": _joined(parts), "more_body": False}
+                if parts:
+                    return {"type": "http.request", "body": _joined(parts), "more_body": True}
+                return None  # NEED_DATA
+        except h11.RemoteProtocolError as exc:
+            if not self.hangup.gone:
+                self.malformed = exc.error_status_hint
+            return DISCONNECT
+
+    def read_now(self) -> bool:
+        """Read what the socket holds, without waiting; whether anything (or its end) came."""
+        if self.hangup.gone:
+            return False
+        try:
+            data = self.sock.recv(MAX_RECV)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.hangup.happened()
+        self.conn.receive_data(data)
+        return True
+
+    async def read(self) -> None:
+        """Read the socket, waiting only while it is empty; its end is a hang-up."""
+        sock = self.sock
+        while True:
+            if self.hangup.gone:
+                self.conn.receive_data(b"")
+                return
+            try:
+                data = sock.recv(MAX_RECV)
+            except BlockingIOError:
+                self._streak = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:  # reset by the client
+                data = b""
+            break
+        if not data:
+            self.hangup.happened()
+        self.conn.receive_data(data)
+        self._streak += 1
+        if self._streak > 2:  # a client whose bytes never run out lets the others run
+            self._streak = 0
+            await trio.lowlevel.checkpoint()
+
+    async def send(self, message: Message) -> None:
+        """The ASGI send of the current request."""
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError("http.response.body outside a response")
+            more = message.get("more_body", False)
+            if not more:
+                self.complete = True
+                self._unwatch()
+            if self.hangup.gone:
+                return
+            conn = self.conn
+            parts = [self._held] if self._held else []
+            self._held = b""
+            body = message.get("body", b"")
+            if body and not self._head_request:
+                parts += conn.send_with_data_passthrough(h11.Data(data=body)) or []
+            if not more:
+                end = conn.send(h11.EndOfMessage())
+                if end:
+                    parts.append(end)
+            await self.write(parts)
+        elif kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            status = message["status"]
+            headers = message.get("headers", [])
+            sized = False
+            for name, _ in headers:
+                if len(name) == 14 and name.lower() == b"content-length":
+                    sized = True
+                    break
+            head = self.conn.send(h11.Response(
+                status_code=status, headers=[*headers, (b"date", _Date.now())],
+                reason=PHRASES.get(status, b""))) or b""
+            self.started = True
+            if sized:  # its body follows at once: both go out in one write
+                self._held = head
+            else:  # a stream, whose first chunk may be a long way off
+                await self.write([head])
+
+    def write_now(self, data: bytes) -> None:
+        """Send what the socket takes of `data` now, and nothing more."""
+        try:
+            self.sock.send(data)
+        except OSError:
+            pass
+
+    async def write(self, parts: list[bytes]) -> None:
+        """Send `parts` in one write if the socket takes them; wait only for what it won't."""
+        if self.hangup.gone or not parts:
+            return
+        sock = self.sock
+        try:
+            if len(parts) == 1:
+                total = len(parts[0])
+                sent = sock.send(parts[0])
+            else:
+                total = sum(map(len, parts))
+                sent = sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.hangup.happened()
+            return
+        if sent >= total:
+            return
+        rest = memoryview(b"".join(parts))[sent:]
+        try:
+            while rest:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    rest = rest[sock.send(rest):]
+                except BlockingIOError:
+                    pass
+        except OSError:
+            self.hangup.happened()
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _body_done(self) -> None:
+        # From here until the response ends, only a hang-up can come: watch for it.
+        self.their_done = True
+        if self.complete or self.hangup.gone:
+            return
+        self._watching = True
+        if self._wake is not None:
+            self._wake.set()
+        elif not self._watcher and self._nursery is not None:
+            self._watcher = True
+            self._nursery.start_soon(self._watch)
+
+    def _unwatch(self) -> None:
+        self._watching = False
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()  # the socket is the request loop's again at once
+
+    async def _watch(self) -> None:
+        sock = self.sock
+        while True:
+            if not self._watching:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                self._wake = None
+                continue
+            with trio.CancelScope() as self._watch_scope:
+                await trio.lowlevel.wait_readable(sock)
+            self._watch_scope = None
+            if self.hangup.gone:
+                return
+            if not self._watching:
+                continue
+            try:
+                data = sock.recv(MAX_RECV)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.conn.receive_data(b"")
+                self.hangup.happened()
+                return
+            self.conn.receive_data(data)  # a pipelined request: kept for the request loop
+            self._ahead += len(data)
+            if self._ahead > MAX_AHEAD:
+                self._watching = False
+
+
+def _joined(parts: list[Any]) -> bytes:
+    if len(parts) == 1:
+        part = parts[0]
+        return part if type(part) is bytes else bytes(part)
+    return b"".join(parts)
