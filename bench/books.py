@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmd.config import resolve_llama_server  # noqa: E402
-from llmd.memory import Devices  # noqa: E402
+from llmd.memory.devices import Devices  # noqa: E402
 from tests.helpers import free_port, gemma_file  # noqa: E402
 
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from llmd import gguf_meta  # noqa: E402
 from llmd.config import resolve_llama_server  # noqa: E402
-from llmd.estimate import find_fit_params, parse_fit_output  # noqa: E402
-from llmd.memory import process_host_use  # noqa: E402
+from llmd.memory.estimate import find_fit_params, parse_fit_output  # noqa: E402
+from llmd.memory.devices import process_host_use  # noqa: E402
 from tests.fakes import tiny_gguf  # noqa: E402
 from tests.helpers import gemma_file  # noqa: E402
 

@@ -25,7 +25,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmd import catalog, config  # noqa: E402
+from llmd.models import catalog
+from llmd import config  # noqa: E402
 from tests import load  # noqa: E402
 from tests.helpers import FAKE_SERVER, free_port, healthy, wait_until  # noqa: E402
 

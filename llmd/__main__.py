@@ -11,8 +11,13 @@ from pathlib import Path
 import click
 import trio
 
-from . import __version__, catalog, config as config_mod, daemon, download, systemd
-from .errors import ConfigError
+from llmd import __version__
+from llmd.models import catalog
+from llmd import config as config_mod
+from llmd import daemon
+from llmd.hub import download
+from llmd import systemd
+from llmd.errors import ConfigError
 
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from llmd.errors import ConfigError
 
 DEFAULT_CONFIG_PATHS = ("/etc/llmd/llmd.toml",)
 

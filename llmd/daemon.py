@@ -17,22 +17,24 @@ from typing import Callable, Iterator, TypedDict
 
 import trio
 
-from . import catalog, child, server
-from .catalog import ModelSpec
-from .config import Config
-from .errors import ConfigError
-from .control import Control
-from .download import Hub
-from .estimate import Estimator, identity
-from .state import STARTING, UP
-from .memory import Devices
-from .metrics import Metrics
-from .proxy import Proxy
-from .router import Router
-from .model import Handle, Launcher
-from .scheduler import Scheduler
-from .systemd import Activation, Notifier
-from .upstream import Upstream
+from llmd.models import catalog
+from llmd.children import child
+from llmd import server
+from llmd.models.catalog import ModelSpec
+from llmd.config import Config
+from llmd.errors import ConfigError
+from llmd.api.control import Control
+from llmd.hub.download import Hub
+from llmd.memory.estimate import Estimator, identity
+from llmd.models.state import STARTING, UP
+from llmd.memory.devices import Devices
+from llmd.api.metrics import Metrics
+from llmd.api.proxy import Proxy
+from llmd.api.router import Router
+from llmd.models.model import Handle, Launcher
+from llmd.models.scheduler import Scheduler
+from llmd.systemd import Activation, Notifier
+from llmd.children.upstream import Upstream
 
 log = logging.getLogger("llmd")
 

@@ -17,10 +17,10 @@ from urllib.parse import unquote
 import h11
 import trio
 
-from ..asgi import Message, Scope
-from ..errors import BadRequest, LlmdError, MalformedRequest, ServerError, Unavailable
-from . import hangup as hangups
-from . import peercred
+from llmd.api.asgi import Message, Scope
+from llmd.errors import BadRequest, LlmdError, MalformedRequest, ServerError, Unavailable
+from llmd.server import hangup as hangups
+from llmd.server import peercred
 
 log = logging.getLogger("llmd.http")
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator, MutableMapping
 
 import trio
 
-from ..asgi import Message, Send
+from llmd.api.asgi import Message, Send
 
 EXTENSION = "llmd.hangup"
 

@@ -7,8 +7,8 @@ from typing import Callable
 
 import trio
 
-from llmd.catalog import ModelSpec
-from llmd.child import Exit
+from llmd.models.catalog import ModelSpec
+from llmd.children.child import Exit
 
 
 @dataclass

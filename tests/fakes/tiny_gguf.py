@@ -68,7 +68,7 @@ def write(path: Path | str, *, layers: int = 2, width: int = 64, ff: int | None 
 
 
 def reader_shape(path: str) -> dict[str, Any]:
-    """The fields llmd.gguf_meta reads, as gguf.GGUFReader reads them (as llmd once did)."""
+    """The fields llmd.memory.gguf_meta reads, as gguf.GGUFReader reads them (as llmd once did)."""
     from gguf import GGUFReader
 
     reader = GGUFReader(path)

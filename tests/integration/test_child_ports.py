@@ -16,8 +16,9 @@ import httpx
 import pytest
 import trio
 
-from llmd import child, ports
-from llmd.upstream import Upstream
+from llmd.children import child
+from llmd.children import ports
+from llmd.children.upstream import Upstream
 from tests.fakes import tiny_gguf
 from tests.helpers import FAKE_SERVER, healthy, wait_until
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmd import chat_template
+from llmd.children import chat_template
 from tests import load
 from tests.helpers import FAKE_SERVER, Llmd
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from llmd.estimate import find_fit_params, parse_fit_output
-from llmd.memory import process_host_use
+from llmd.memory.estimate import find_fit_params, parse_fit_output
+from llmd.memory.devices import process_host_use
 from tests.helpers import FAKE_SERVER, host_free_beside_llmd
 
 pytestmark = pytest.mark.real

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmd import chat_template, gguf_meta
+from llmd.children import chat_template
+from llmd.memory import gguf_meta
 from tests.integration.test_real_gemma import gemma_config
 
 pytestmark = pytest.mark.real

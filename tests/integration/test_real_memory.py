@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmd.estimate import find_fit_params, parse_fit_output
-from llmd.memory import parse_meminfo
+from llmd.memory.estimate import find_fit_params, parse_fit_output
+from llmd.memory.devices import parse_meminfo
 from tests.fakes import tiny_gguf
 from tests.helpers import host_free_beside_llmd
 

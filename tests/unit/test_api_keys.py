@@ -8,7 +8,7 @@ import pytest
 
 from llmd.config import parse
 from llmd.errors import Unauthorized
-from llmd.router import Router
+from llmd.api.router import Router
 
 
 def scope(headers: dict[str, str], path: str = "/v1/models") -> dict:

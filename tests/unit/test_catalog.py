@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmd import catalog
+from llmd.models import catalog
 from llmd.config import Config, ModelConfig
 
 

@@ -11,11 +11,12 @@ import gguf
 import pytest
 
 from llmctl import render
-from llmd.state import State
-from llmd import chat_template, gguf_meta
-from llmd.catalog import ModelSpec
-from llmd.model import Model
-from llmd.prepare import launch_spec
+from llmd.models.state import State
+from llmd.children import chat_template
+from llmd.memory import gguf_meta
+from llmd.models.catalog import ModelSpec
+from llmd.models.model import Model
+from llmd.models.prepare import launch_spec
 from tests.fakes import tiny_gguf
 
 LLMD_ARGS = ("--no-jinja", "--chat-template", "rwkv-world", "--reverse-prompt", "User:")
@@ -181,7 +182,7 @@ def test_the_choice_is_logged_once(tmp_path, caplog):
 
 
 def test_llmctl_status_shows_who_chose_the_template(tmp_path):
-    from llmd import status
+    from llmd.api import status
 
     path = header_only(tmp_path / "g.gguf", "gemma3")
     assert status.describe(_model(path), "unloaded", 0.0)["chat_template"]["source"] == \

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from llmd import child
+from llmd.children import child
 
 
 async def test_a_child_has_its_own_process_group_but_stays_in_llmds_session():

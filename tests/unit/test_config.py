@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmd import catalog, config
+from llmd.models import catalog
+from llmd import config
 from llmd.errors import ConfigError
 
 

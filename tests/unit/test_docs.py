@@ -61,7 +61,7 @@ _NOT_ROUTES = ("/etc/", "/proc", "/run/", "/usr/", "/var/", "/tmp/")
 
 
 def test_every_route_the_readme_names_is_served():
-    from llmd.router import KNOWN_PATHS
+    from llmd.api.router import KNOWN_PATHS
     text = README.read_text()
     routes = set(re.findall(r"`(?:(?:GET|POST|DELETE|OPTIONS) )?(/[A-Za-z0-9_/{}.:\-]+)", text))
     routes = {r for r in routes if not r.startswith(_NOT_ROUTES)}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmd import download
-from llmd.download import DownloadError, HubFile
+from llmd.hub import download
+from llmd.hub.download import DownloadError, HubFile
 
 
 def files(*names: str) -> list[HubFile]:

@@ -10,9 +10,10 @@ import httpx
 import trio
 import trio.testing
 
-from llmd import download, prepare
-from llmd.catalog import ModelSpec
-from llmd.model import Model
+from llmd.hub import download
+from llmd.models import prepare
+from llmd.models.catalog import ModelSpec
+from llmd.models.model import Model
 
 REF = "acme/m-GGUF:Q4_K_M"
 DATA = bytes(range(256)) * 1200  # 300 KiB

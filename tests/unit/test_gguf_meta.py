@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from llmd import gguf_meta
+from llmd.memory import gguf_meta
 from tests.fakes import tiny_gguf
 from tests.fakes.tiny_gguf import reader_shape
 

@@ -7,10 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmd import books, estimate, gguf_meta
-from llmd.catalog import ModelSpec
+from llmd.memory import books
+from llmd.memory import estimate
+from llmd.memory import gguf_meta
+from llmd.models.catalog import ModelSpec
 from llmd.errors import NoRoom, TooBig
-from llmd.memory import Device, Devices, Nvml, parse_meminfo, process_host_use
+from llmd.memory.devices import Device, Devices, Nvml, parse_meminfo, process_host_use
 
 MIB = 1 << 20
 

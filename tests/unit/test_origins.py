@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmd import origins
+from llmd.api import origins
 from llmd.errors import Forbidden
 
 

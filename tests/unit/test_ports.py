@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from llmd import ports
+from llmd.children import ports
 
 
 def test_a_listener_of_our_own_group_is_held_and_another_groups_is_not():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from llmd.catalog import ModelSpec
-from llmd.model import Model
-from llmd.prepare import launch_spec
+from llmd.models.catalog import ModelSpec
+from llmd.models.model import Model
+from llmd.models.prepare import launch_spec
 
 
 def model(source: str, args: tuple[str, ...] = ("--ctx-size", "1024")) -> Model:

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from llmd import asgi
+from llmd.api import asgi
 from llmd.errors import BodyTooLarge, RequestTimeout
 
 SCOPE = {"headers": []}

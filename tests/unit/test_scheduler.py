@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from llmd.catalog import ModelSpec
+from llmd.models.catalog import ModelSpec
 from llmd.errors import ModelFailed, ModelNotLoaded, ModelNotFound, NoRoom
-from llmd.scheduler import Scheduler
+from llmd.models.scheduler import Scheduler
 from tests.fakes.launcher import Behaviour, FakeLauncher
 
 

@@ -9,10 +9,10 @@ import logging
 import trio
 import trio.testing
 
-from llmd.catalog import ModelSpec
+from llmd.models.catalog import ModelSpec
 from llmd.errors import NoRoom
-from llmd.memory import Devices, Nvml
-from llmd.scheduler import Scheduler
+from llmd.memory.devices import Devices, Nvml
+from llmd.models.scheduler import Scheduler
 from tests.fakes.launcher import FakeLauncher
 from tests.fakes.machine import FakeGpus
 from tests.unit.test_scheduler import running, use
@@ -195,7 +195,7 @@ async def test_a_load_right_after_an_unload_waits_for_the_gpu_to_report_it_free(
 
 
 def test_the_cache_size_a_child_sets_itself_is_read_from_its_args_then_environment():
-    from llmd import prompt_cache
+    from llmd.memory import prompt_cache
     assert prompt_cache.value(["--cache-ram", "512"], {}) == 512
     assert prompt_cache.value(["-cram=256"], {"LLAMA_ARG_CACHE_RAM": "64"}) == 256
     assert prompt_cache.value([], {"LLAMA_ARG_CACHE_RAM": "64"}) == 64

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llmd.errors import ModelFailed, ModelNotFound
-from llmd.scheduler import Scheduler
+from llmd.models.scheduler import Scheduler
 from tests.fakes.launcher import Behaviour, FakeLauncher
 from tests.unit.test_scheduler import running, specs, use
 

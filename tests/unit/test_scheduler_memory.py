@@ -6,11 +6,11 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from llmd.catalog import ModelSpec
+from llmd.models.catalog import ModelSpec
 from llmd.errors import TooBig
-from llmd.estimate import Need
-from llmd.memory import Devices, Nvml
-from llmd.scheduler import Scheduler
+from llmd.memory.estimate import Need
+from llmd.memory.devices import Devices, Nvml
+from llmd.models.scheduler import Scheduler
 from tests.fakes.launcher import FakeLauncher
 from tests.unit.test_memory import FakePynvml
 from tests.unit.test_scheduler import running, use

@@ -16,7 +16,8 @@ import pytest
 import trio
 import trio.testing
 
-from llmd import asgi, server
+from llmd.api import asgi
+from llmd import server
 from llmd.errors import RequestTimeout
 from llmd.server.hangup import cancelled_on_hangup
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from llmd import daemon
-from llmd.catalog import ModelSpec
-from llmd.model import Model
-from llmd.state import RUNNING, STARTING, IllegalTransition, State, check
+from llmd.models.catalog import ModelSpec
+from llmd.models.model import Model
+from llmd.models.state import RUNNING, STARTING, IllegalTransition, State, check
 
 
 def test_a_load_goes_through_its_states_in_order_and_any_run_may_end():

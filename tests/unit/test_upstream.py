@@ -8,8 +8,8 @@ from functools import partial
 import pytest
 import trio
 
-from llmd import upstream as upstream_module
-from llmd.upstream import Upstream, UpstreamBroken
+from llmd.children import upstream as upstream_module
+from llmd.children.upstream import Upstream, UpstreamBroken
 
 Handler = Callable[[trio.SocketStream, int], Awaitable[None]]
 

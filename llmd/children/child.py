@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from . import ports
-from .upstream import Upstream, UpstreamBroken
+from llmd.children import ports
+from llmd.children.upstream import Upstream, UpstreamBroken
 
 log = logging.getLogger("llmd.child")
 

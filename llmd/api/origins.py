@@ -18,7 +18,7 @@ import ipaddress
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from .errors import Forbidden
+from llmd.errors import Forbidden
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 ALLOW_METHODS = b"GET, POST, DELETE, OPTIONS"

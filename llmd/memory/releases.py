@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .model import DeviceTable
+from llmd.models.model import DeviceTable
 
 log = logging.getLogger("llmd.releases")
 

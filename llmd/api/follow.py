@@ -6,7 +6,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from .model import Model
+from llmd.models.model import Model
 
 
 async def _first(*waits: Callable[[], Awaitable[Any]]) -> None:

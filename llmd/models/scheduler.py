@@ -14,14 +14,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from . import prepare, status
-from .admission import Admission
-from .download import DownloadError, parse_ref
-from .catalog import ModelSpec, file_identity, names
-from .events import Broker
-from .errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded
-from .model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
-from .state import RUNNING, STARTING, State, check
+from llmd.models import prepare
+from llmd.api import status
+from llmd.models.admission import Admission
+from llmd.hub.download import DownloadError, parse_ref
+from llmd.models.catalog import ModelSpec, file_identity, names
+from llmd.models.events import Broker
+from llmd.errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded
+from llmd.models.model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
+from llmd.models.state import RUNNING, STARTING, State, check
 
 log = logging.getLogger("llmd.scheduler")
 

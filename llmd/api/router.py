@@ -7,14 +7,15 @@ import logging
 import time
 from typing import Any, Callable
 
-from . import asgi, origins
-from .asgi import Receive, Scope, Send
-from .config import Config
-from .errors import BadRequest, ConfigError, LlmdError, NotFound, ServerError, Unauthorized
-from .server.hangup import cancelled_on_hangup
-from .metrics import Metrics
-from .proxy import Proxy
-from .scheduler import Scheduler
+from llmd.api import asgi
+from llmd.api import origins
+from llmd.api.asgi import Receive, Scope, Send
+from llmd.config import Config
+from llmd.errors import BadRequest, ConfigError, LlmdError, NotFound, ServerError, Unauthorized
+from llmd.server.hangup import cancelled_on_hangup
+from llmd.api.metrics import Metrics
+from llmd.api.proxy import Proxy
+from llmd.models.scheduler import Scheduler
 
 log = logging.getLogger("llmd.router")
 

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from . import download
-from .config import Config, ModelConfig
-from .errors import ConfigError
+from llmd.hub import download
+from llmd.config import Config, ModelConfig
+from llmd.errors import ConfigError
 
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 

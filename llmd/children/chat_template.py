@@ -30,8 +30,8 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
-from . import gguf_meta
-from .catalog import ModelSpec, file_identity
+from llmd.memory import gguf_meta
+from llmd.models.catalog import ModelSpec, file_identity
 
 log = logging.getLogger("llmd.chat_template")
 

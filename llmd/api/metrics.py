@@ -7,11 +7,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .state import State
+from llmd.models.state import State
 
 if TYPE_CHECKING:
-    from .server import Limit
-    from .scheduler import Scheduler
+    from llmd.server import Limit
+    from llmd.models.scheduler import Scheduler
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

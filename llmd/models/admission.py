@@ -17,12 +17,14 @@ from typing import Awaitable, Callable, Mapping
 
 import trio
 
-from . import books, eviction, prompt_cache
-from .books import Ledger
-from .errors import NoRoom
-from .model import DeviceTable, Model
-from .releases import RELEASE_TIMEOUT, Releases
-from .state import RUNNING
+from llmd.memory import books
+from llmd.models import eviction
+from llmd.memory import prompt_cache
+from llmd.memory.books import Ledger
+from llmd.errors import NoRoom
+from llmd.models.model import DeviceTable, Model
+from llmd.memory.releases import RELEASE_TIMEOUT, Releases
+from llmd.models.state import RUNNING
 
 log = logging.getLogger("llmd.admission")
 

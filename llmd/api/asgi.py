@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from .errors import BadRequest, BodyTooLarge, LlmdError, RequestTimeout
+from llmd.errors import BadRequest, BodyTooLarge, LlmdError, RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

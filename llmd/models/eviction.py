@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-from .model import Model
-from .state import State
+from llmd.models.model import Model
+from llmd.models.state import State
 
 
 def victim(models: Iterable[Model], for_model: Model, short: list[str],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from . import asgi
-from .asgi import Send
-from .errors import UpstreamError
-from .upstream import Upstream, UpstreamBroken
+from llmd.api import asgi
+from llmd.api.asgi import Send
+from llmd.errors import UpstreamError
+from llmd.children.upstream import Upstream, UpstreamBroken
 
 log = logging.getLogger("llmd.proxy")
 

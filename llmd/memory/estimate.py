@@ -15,8 +15,8 @@ from typing import Sequence
 
 import trio
 
-from . import gguf_meta
-from .catalog import ModelSpec
+from llmd.memory import gguf_meta
+from llmd.models.catalog import ModelSpec
 
 log = logging.getLogger("llmd.estimate")
 

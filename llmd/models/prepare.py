@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import trio
 
-from . import chat_template
-from .catalog import ModelSpec
-from .download import DownloadError, Progress
-from .errors import ModelFailed
-from .model import DeviceTable, Failure, Model, NeedSource
+from llmd.children import chat_template
+from llmd.models.catalog import ModelSpec
+from llmd.hub.download import DownloadError, Progress
+from llmd.errors import ModelFailed
+from llmd.models.model import DeviceTable, Failure, Model, NeedSource
 
 log = logging.getLogger("llmd.prepare")
 

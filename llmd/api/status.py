@@ -6,12 +6,12 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import chat_template
-from .state import RUNNING, State
-from .prepare import launch_spec
+from llmd.children import chat_template
+from llmd.models.state import RUNNING, State
+from llmd.models.prepare import launch_spec
 
 if TYPE_CHECKING:
-    from .model import Model
+    from llmd.models.model import Model
 
 
 def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:

@@ -9,14 +9,15 @@ from typing import Any, Callable
 
 import trio
 
-from . import asgi, follow
-from .asgi import Receive, Scope, Send
-from .config import Config
-from .errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
-from .model import Model
-from .scheduler import Scheduler
-from .server import peercred
-from .server.hangup import cancelled_on_hangup
+from llmd.api import asgi
+from llmd.api import follow
+from llmd.api.asgi import Receive, Scope, Send
+from llmd.config import Config
+from llmd.errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
+from llmd.models.model import Model
+from llmd.models.scheduler import Scheduler
+from llmd.server import peercred
+from llmd.server.hangup import cancelled_on_hangup
 
 log = logging.getLogger("llmd.control")
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .errors import NoRoom, TooBig
-from .memory import Device
+from llmd.errors import NoRoom, TooBig
+from llmd.memory.devices import Device
 
 
 @dataclass(frozen=True)

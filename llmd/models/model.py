@@ -8,11 +8,11 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import trio
 
-from . import books
-from .catalog import ModelSpec
-from .errors import LlmdError
-from .memory import Device
-from .state import State
+from llmd.memory import books
+from llmd.models.catalog import ModelSpec
+from llmd.errors import LlmdError
+from llmd.memory.devices import Device
+from llmd.models.state import State
 
 
 class Handle(Protocol):

@@ -1,0 +1,1 @@
+"""The HTTP surfaces: the router, the control API, the proxy, metrics, descriptions."""

@@ -1,0 +1,1 @@
+"""llama-server children: the process, its port, its chat template, the client."""

@@ -1,0 +1,1 @@
+"""Downloads of hub models into the HF cache."""

@@ -1,0 +1,1 @@
+"""Memory: devices, the books, estimates and GGUF metadata, the prompt cache."""

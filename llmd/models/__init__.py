@@ -1,0 +1,1 @@
+"""Model state: the scheduler (its only owner), admission, eviction, the catalog."""
