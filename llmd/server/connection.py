@@ -101,15 +101,20 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
+async def _send_rest(sock: socket.socket, rest: bytes | memoryview) -> None:
+    """Send what the socket did not take at once, waiting until it can; raises OSError."""
+    while rest:
+        await trio.lowlevel.wait_writable(sock)
+        try:
+            rest = rest[sock.send(rest):]
+        except BlockingIOError:
+            pass
+
+
 async def _finish_refusal(sock: socket.socket, rest: bytes) -> None:
     with trio.move_on_after(1):  # a client that won't read its refusal loses it
         try:
-            while rest:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    rest = rest[sock.send(rest):]
-                except BlockingIOError:
-                    pass
+            await _send_rest(sock, rest)
         except OSError:
             pass
     _close(sock)
@@ -538,12 +543,7 @@ class Connection:
             return
         rest = memoryview(b"".join(parts))[sent:]
         try:
-            while rest:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    rest = rest[sock.send(rest):]
-                except BlockingIOError:
-                    pass
+            await _send_rest(sock, rest)
         except OSError:
             self.hangup.happened()
         except BaseException:
