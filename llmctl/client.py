@@ -2,7 +2,7 @@
 
 llmctl runs once per command, so what it imports is most of its time: httpx (with its TLS
 context) cost more than the whole call, and http.client pulls in ssl and the email package.
-It writes the request itself and parses the answer with httptools (llhttp), as llmd does.
+It writes requests and parses answers with llmd.http1, the codec llmd uses for its children.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 import httptools
+
+from llmd import http1
 
 DEFAULT_SOCKET = "/run/llmd/control.sock"
 
@@ -46,45 +48,34 @@ class _Response:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._parser = httptools.HttpResponseParser(self)
-        self._body: list[bytes] = []
-        self._head = self._done = False
-        self.status = 0
+        self._parts = http1.ResponseParts()
         self._pending = b""
-        while not self._head:
+        while not self._parts.head_done:
             self._feed()
-
-    def on_headers_complete(self) -> None:
-        self._head = True
-        self.status = self._parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self._done = True
+        self.status = self._parts.status
 
     def _feed(self) -> None:
         data = self._sock.recv(65536)
         if not data:
             raise ConnectionResetError(errno.ECONNRESET, "llmd closed the connection mid-answer")
-        self._parser.feed_data(data)
+        self._parts.parser.feed_data(data)
 
     def read(self) -> bytes:
         """The whole body."""
-        while not self._done:
+        while not self._parts.done:
             self._feed()
-        return b"".join(self._body)
+        return b"".join(self._parts.body)
 
     def lines(self) -> Iterator[bytes]:
         """The body line by line, each as soon as it has arrived."""
+        body = self._parts.body
         while True:
-            if self._body:
-                self._pending += b"".join(self._body)
-                self._body.clear()
+            if body:
+                self._pending += b"".join(body)
+                body.clear()
                 *complete, self._pending = self._pending.split(b"\n")
                 yield from complete
-            elif self._done:
+            elif self._parts.done:
                 return
             else:
                 self._feed()
@@ -121,15 +112,15 @@ class Client:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         target = f"{path}?{urlencode(query)}" if query else path
         body = b"" if json_body is None else _json.dumps(json_body).encode()
-        head = f"{method} {target} HTTP/1.1\r\nhost: llmd\r\nconnection: close\r\n"
+        headers = [(b"connection", b"close")]
         if json_body is not None:
-            head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            headers.append((b"content-type", b"application/json"))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._open.append(sock)
         try:
             sock.settimeout(self.timeout)
             sock.connect(self.socket_path)
-            sock.sendall(head.encode() + b"\r\n" + body)
+            sock.sendall(http1.request(method, target, "llmd", headers, body))
             return _Response(sock)
         except (OSError, httptools.HttpParserError) as exc:
             raise self._explain(exc) from None

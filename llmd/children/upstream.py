@@ -18,6 +18,9 @@ from typing import Iterable
 import httptools
 import trio
 
+from llmd import http1
+from llmd.http1 import ResponseParts
+
 CONNECT_TIMEOUT = 5.0
 WRITE_TIMEOUT = 60.0
 KEEPALIVE = 64  # idle connections kept per child
@@ -93,46 +96,14 @@ class _Connection:
         return bool(poll.poll(0))
 
 
-class _Message:
-    """httptools' callbacks for one response, collected."""
-
-    __slots__ = ("parser", "headers", "body", "head_done", "keep_alive", "done", "received")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.head_done = False
-        self.keep_alive = False
-        self.done = False
-        self.received = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if self.parser.get_status_code() < 200:  # e.g. 100 Continue: the answer follows
-            self.headers.clear()
-            return
-        self.head_done = True
-        # Asked now: llhttp forgets the answer once the message is complete.
-        self.keep_alive = self.parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.done = self.head_done
-
-
 class Response:
     """A response whose head has arrived; read() its body, then close() it."""
 
     def __init__(self, pool: Upstream, key: tuple[str, int], conn: _Connection,
-                 message: _Message) -> None:
+                 message: ResponseParts) -> None:
         self._pool, self._key, self._message = pool, key, message
         self._conn: _Connection | None = conn
-        self.status: int = message.parser.get_status_code()
+        self.status: int = message.status
         self.headers = message.headers
         self._framed = bool(self.header(b"content-length") or self.header(b"transfer-encoding"))
         self.event_stream = self.header(b"content-type").startswith(b"text/event-stream")
@@ -175,7 +146,7 @@ class Response:
             self._pool._spare(self._key)
 
 
-async def _feed(conn: _Connection, message: _Message, framed: bool = True) -> None:
+async def _feed(conn: _Connection, message: ResponseParts, framed: bool = True) -> None:
     error: OSError | None = None
     try:
         data = await conn.receive()
@@ -207,7 +178,7 @@ class Upstream:
                       headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Response:
         """Send a request to the child at `base_url`; return once the response head is in."""
         key = address(base_url)
-        head = _head(method, target, key, headers, body)
+        head = http1.request(method, target, f"{key[0]}:{key[1]}", headers, body)
         conn = self._take(key)
         if conn is not None:
             try:
@@ -224,7 +195,7 @@ class Upstream:
 
     async def _exchange(self, key: tuple[str, int], conn: _Connection,
                         head: bytes) -> Response:
-        message = _Message()
+        message = ResponseParts()
         try:
             await conn.send_all(head)
             while not message.head_done:
@@ -353,14 +324,3 @@ async def _connect(key: tuple[str, int]) -> _Connection:
         raise
     return conn
 
-
-def _head(method: str, target: str, key: tuple[str, int],
-          headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
-    # Header names and values come from h11, which already refused CR, LF and NUL.
-    lines = [f"{method} {target} HTTP/1.1\r\nhost: {key[0]}:{key[1]}\r\n".encode("latin-1")]
-    lines += [b"%s: %s\r\n" % pair for pair in headers]
-    if body or method != "GET":
-        lines.append(b"content-length: %d\r\n" % len(body))
-    lines.append(b"\r\n")
-    lines.append(body)
-    return b"".join(lines)
