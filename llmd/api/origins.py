@@ -75,9 +75,12 @@ def check_origin(origin: str | None, host_header: str | None,
                     "allow it with cors_origins")
 
 
-def cors_headers(origin: str | None, cors_origins: Sequence[str]) -> list[tuple[bytes, bytes]]:
-    """The headers a response to an allowed cross-origin request carries."""
-    if origin is None or not cors_origins:
+def cors_headers(origin: str | None, host_header: str | None,
+                 cors_origins: Sequence[str]) -> list[tuple[bytes, bytes]]:
+    """The headers a response to an allowed cross-origin request carries (none for an
+    origin that is not allowed: its 403 gives a page nothing to read)."""
+    if origin is None or not cors_origins or not origin_allowed(origin, host_header,
+                                                                 cors_origins):
         return []
     return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
 

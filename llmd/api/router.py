@@ -58,7 +58,8 @@ class Router:
         started = time.perf_counter()
         status: dict[str, Any] = {"code": 0, "model": "", "sse": False}
         anthropic = scope["path"] in ANTHROPIC_PATHS
-        cors = origins.cors_headers(asgi.header(scope, b"origin"), self.config.cors_origins)
+        origin, host = asgi.header(scope, b"origin"), asgi.header(scope, b"host")
+        cors = origins.cors_headers(origin, host, self.config.cors_origins)
 
         async def tracked_send(message: asgi.Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,7 +72,7 @@ class Router:
             await send(message)
 
         try:
-            await self._dispatch(scope, receive, tracked_send, status)
+            await self._dispatch(scope, receive, tracked_send, status, origin, host)
         except asgi.ClientGone:
             status["code"] = status["code"] or 499
         except LlmdError as error:
@@ -106,16 +107,14 @@ class Router:
         if not any([hmac.compare_digest(candidate, key) for key in keys]) or not given:
             raise Unauthorized("invalid or missing API key")
 
-    def _check_page(self, scope: Scope) -> None:
+    def _check_page(self, scope: Scope, origin: str | None, host: str | None) -> None:
         """Refuse web pages the operator did not allow, and rebound host names."""
-        host = asgi.header(scope, b"host")
         server = scope.get("server")
         origins.check_host(host, server[0] if server else None, self.config.allowed_hosts)
-        origins.check_origin(asgi.header(scope, b"origin"), host, self.config.cors_origins)
+        origins.check_origin(origin, host, self.config.cors_origins)
 
-    async def _preflight(self, scope: Scope, send: Send) -> None:
+    async def _preflight(self, scope: Scope, send: Send, origin: str | None) -> None:
         """Answer a browser's CORS preflight for an allowed origin."""
-        origin = asgi.header(scope, b"origin")
         if origin is None:
             raise NotFound(f"no route for OPTIONS {scope['path']}")
         requested = asgi.header(scope, b"access-control-request-headers")
@@ -124,12 +123,12 @@ class Router:
         await send({"type": "http.response.body", "body": b""})
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send,
-                        status: dict[str, Any]) -> None:
+                        status: dict[str, Any], origin: str | None, host: str | None) -> None:
         asgi.check_framing(scope)
-        self._check_page(scope)
+        self._check_page(scope, origin, host)
         method, path = scope["method"], scope["path"]
         if method == "OPTIONS":  # before the key check: browsers send none with it
-            return await self._preflight(scope, send)
+            return await self._preflight(scope, send, origin)
         self._check_key(scope)
         params = asgi.query(scope)
         if method == "GET":
