@@ -19,12 +19,13 @@ from typing import Mapping, Sequence
 
 FLAGS = ("--cache-ram", "-cram")
 ENV = "LLAMA_ARG_CACHE_RAM"
+_INLINE = tuple(f + "=" for f in FLAGS)  # --cache-ram=N
 UNLIMITED = -1
 
 
 def given(args: Sequence[str], env: Mapping[str, str]) -> bool:
     """Whether the child's arguments or environment set the cache size themselves."""
-    return ENV in env or any(a in FLAGS or a.startswith(tuple(f + "=" for f in FLAGS))
+    return ENV in env or any(a in FLAGS or a.startswith(_INLINE)
                              for a in args)
 
 
@@ -36,7 +37,7 @@ def value(args: Sequence[str], env: Mapping[str, str]) -> int | None:
     for i, arg in enumerate(args):
         if arg in FLAGS and i + 1 < len(args):
             text = args[i + 1]
-        elif arg.startswith(tuple(f + "=" for f in FLAGS)):
+        elif arg.startswith(_INLINE):
             text = arg.split("=", 1)[1]
     if text is not None:
         try:

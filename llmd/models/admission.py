@@ -159,10 +159,6 @@ class Admission:
         books.check_fits_alone(model.spec.name, need, ledgers)
         return books.short_devices(need, ledgers)
 
-    def short_devices(self, model: Model) -> list[str]:
-        """Devices where `model` would not fit beside the running models now."""
-        return self._short(model, self.books(exclude=model))
-
     def books(self, exclude: Model | None = None) -> list[Ledger]:
         """Every device's books now; empty when memory is not accounted."""
         if self.devices is None:
@@ -173,14 +169,9 @@ class Admission:
                              [back.get(m.handle.pid) if m.handle is not None else None
                               for m in admitted])
 
-    def committed(self, exclude: Model | None = None) -> dict[str, int]:
+    def committed(self) -> dict[str, int]:
         """MiB booked per device by admitted models."""
-        total: dict[str, int] = {}
-        for m in self.models.values():
-            if m is not exclude and m.state in RUNNING:
-                for device, mib in m.booked().items():
-                    total[device] = total.get(device, 0) + mib
-        return total
+        return {b.device.id: b.booked for b in self.books()}
 
     def device_table(self) -> list[dict[str, object]]:
         """Every device's books, as status and metrics report them."""
