@@ -62,28 +62,24 @@ def resumes_and_verifies(daemon, hub, tmp_path, kept: int) -> None:
     assert os.listdir(blobs(tmp_path)) == [SHA]
 
 
-def test_sigterm_during_a_pull_keeps_the_partial_file_and_the_next_start_resumes_it(
-        daemon, hub, tmp_path):
-    d = slow_daemon(daemon, hub, tmp_path)
-    pull = in_background(lambda: d.llmctl("pull", "s", "-q", check=False))
-    wait_until(lambda: partial_size(tmp_path) > 0, 20, "some bytes on disk")
-    assert d.stop() == 0
-    pull.join(30)
-    kept = partial_size(tmp_path)
-    assert 0 < kept < len(DATA)
-    resumes_and_verifies(daemon, hub, tmp_path, kept)
+# The download waited on by `llmctl pull`, or by a request. At shutdown_timeout the
+# server cancels the waiting request: the scheduler must not take that for the last
+# waiter leaving on purpose.
+WAITERS = {
+    "pull": lambda d: d.llmctl("pull", "s", "-q", check=False),
+    "request": lambda d: httpx.post(d.url + "/completion", timeout=30,
+                                    json={"model": "s", "prompt": "hi"}),
+}
 
 
-# At shutdown_timeout the server cancels the waiting request: the scheduler must not take
-# that for the last waiter leaving on purpose.
-def test_sigterm_while_a_request_waits_on_the_download_keeps_the_partial_file(
-        daemon, hub, tmp_path):
+@pytest.mark.parametrize("waiter", WAITERS)
+def test_sigterm_during_a_download_keeps_the_partial_file_and_the_next_start_resumes_it(
+        daemon, hub, tmp_path, waiter):
     d = slow_daemon(daemon, hub, tmp_path)
-    request = in_background(lambda: httpx.post(d.url + "/completion", timeout=30,
-                                               json={"model": "s", "prompt": "hi"}))
+    waiting = in_background(lambda: WAITERS[waiter](d))
     wait_until(lambda: partial_size(tmp_path) > 0, 20, "some bytes on disk")
     assert d.stop() == 0
-    request.join(30)
+    waiting.join(30)
     kept = partial_size(tmp_path)
     assert 0 < kept < len(DATA)
     resumes_and_verifies(daemon, hub, tmp_path, kept)
