@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +13,7 @@ import click
 
 from . import render
 from .client import DEFAULT_SOCKET, Client, ClientError, DaemonError, default_socket
+from .follow import follow
 
 
 def _print_json(data: Any) -> None:
@@ -86,19 +88,47 @@ def ps(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def load(ctx: click.Context, name: str, no_wait: bool, as_json: bool) -> None:
-    """Load a model and wait until it is loaded (or failed)."""
+    """Load a model and wait until it is loaded (or failed), showing its progress."""
     def go() -> None:
         with _client(ctx) as c:
-            if not no_wait and not as_json and sys.stderr.isatty():
-                click.echo(f"loading {name}…", err=True)
-            model = c.call("POST", "/load", json={"model": name, "wait": not no_wait})
+            if no_wait:
+                model = c.call("POST", "/load", json={"model": name, "wait": False})
+            else:
+                with _Progress(as_json) as shown:
+                    model_id = follow(c, "load", name, shown)
+                # Whatever happened meanwhile (a drain, a restart), this returns once loaded.
+                model = c.call("POST", "/load", json={"model": model_id, "wait": True})
         if as_json:
-            _print_json(model)
+            click.echo(json.dumps(model) if not no_wait else json.dumps(model, indent=2))
         elif no_wait:
             click.echo(f"{model['id']}: {render.state(model)}")
         else:
             click.echo(f"{model['id']}: loaded (pid {model.get('pid')}, port {model.get('port')})")
     _run(go)
+
+
+class _Progress:
+    """Shows each progress step: a bar on a terminal, JSON lines with --json, else nothing."""
+
+    def __init__(self, as_json: bool, quiet: bool = False) -> None:
+        self.as_json = as_json
+        self.bar = not quiet and not as_json and sys.stderr.isatty()
+        self.drawn = False
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __call__(self, model_id: str, load: dict[str, Any]) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"model": model_id, **load}))
+        elif self.bar:
+            width = shutil.get_terminal_size().columns - 1
+            click.echo("\r" + render.progress(load)[:width].ljust(width), nl=False, err=True)
+            self.drawn = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.drawn:
+            click.echo("", err=True)
 
 
 @main.command()
@@ -193,13 +223,6 @@ def reload(ctx: click.Context, as_json: bool) -> None:
     _run(go)
 
 
-def _bar(done: int, total: int, rate: float, width: int = 30) -> str:
-    frac = done / total if total else 0.0
-    filled = int(frac * width)
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
-            f"{done / 2**20:,.0f}/{total / 2**20:,.0f} MiB {rate / 2**20:,.1f} MiB/s")
-
-
 @main.command()
 @click.argument("name")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the result.")
@@ -208,35 +231,14 @@ def _bar(done: int, total: int, rate: float, width: int = 30) -> str:
 def pull(ctx: click.Context, name: str, quiet: bool, as_json: bool) -> None:
     """Download a hub model (owner/repo:QUANT or a configured hf model) without loading it."""
     def go() -> None:
-        show_bar = not quiet and not as_json and sys.stderr.isatty()
         with _client(ctx) as c:
-            model: dict[str, Any] = {}
-            name_ = name
-            for event in c.events(then=("/pull", {"model": name, "wait": False})):
-                if event["event"] == "answer":
-                    model = event["data"]
-                    if model["status"]["value"] != "downloading":
-                        break
-                    name_ = model["id"]
-                    continue
-                if event.get("model") != name_:
-                    continue
-                if event["event"] == "download_progress":
-                    d = event["data"]
-                    if as_json:
-                        click.echo(json.dumps({"model": name_, **d}))
-                    elif show_bar:
-                        click.echo("\r" + _bar(d["done"], d["total"], d["rate"]), nl=False,
-                                   err=True)
-                elif event["event"] == "status_change" and event["data"]["status"] != "downloading":
-                    break
-            if show_bar:
-                click.echo("", err=True)
-            model = c.call("GET", "/status", params={"model": model.get("id", name)})
+            with _Progress(as_json, quiet) as shown:
+                model_id = follow(c, "pull", name, shown)
+            model = c.call("GET", "/status", params={"model": model_id})
         if model["status"].get("failed"):
             raise DaemonError(503, f"{model['id']}: {model['status'].get('reason')}")
         if as_json:
-            _print_json(model)
+            click.echo(json.dumps(model))
         else:
             click.echo(f"{model['id']}: on disk at {model.get('path')}")
     _run(go)

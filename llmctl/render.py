@@ -35,14 +35,45 @@ def ago(timestamp: float | None) -> str:
 
 
 def state(model: dict[str, Any]) -> str:
-    """The state column: llmd's own state, with a failure mark."""
+    """The state column: llmd's own state, how far a load has come, a failure mark."""
     text = model.get("state") or model["status"]["value"]
-    download = model.get("download")
-    if text == "downloading" and download and download.get("total"):
-        text += f" {100 * download['done'] // download['total']}%"
+    load = model.get("load")
+    if load and load.get("progress") is not None:
+        text += f" {int(100 * load['progress'])}%"
     if model["status"].get("failed"):
         text += f" (failed, exit {model['status'].get('exit_code')})"
     return text
+
+
+def mib(n: float) -> str:
+    """Bytes as MiB, or GiB from 10 GiB up."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 10 * 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+def _waiting(queue: dict[str, Any]) -> str:
+    why, on = queue.get("waiting_for"), queue.get("on")
+    return {"turn": f"behind the load of {on}",
+            "drain": f"waiting for {on} to finish its requests",
+            "min_residency": f"waiting for {on} to serve its min_residency",
+            "models_max": "waiting for a model to stop (models_max)",
+            "room": "waiting for memory to free"}.get(why or "", why or "")
+
+
+def progress(load: dict[str, Any], width: int = 24) -> str:
+    """One line for a load's progress: a bar, the whole in percent, what the step does."""
+    frac = load.get("progress") or 0.0
+    filled = int(frac * width)
+    bar = f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}% {load['state']}"
+    d, q, m = load.get("download"), load.get("queue"), load.get("loading")
+    if load["state"] == "downloading" and d and d.get("total"):
+        bar += f" {mib(d['done'])}/{mib(d['total'])} {mib(d['rate'])}/s"
+        if d.get("eta") is not None:
+            bar += f" ETA {duration(d['eta'])}"
+    elif load["state"] == "queued" and q:
+        bar += f" #{q['position']}, {_waiting(q)}"
+    elif load["state"] == "loading" and m:
+        bar += f" {m['resident_mib']}/{m['expected_mib']} MiB read in"
+    return bar + f" ({duration(load.get('elapsed'))})"
 
 
 def memory(m: dict[str, Any]) -> str:

@@ -147,14 +147,15 @@ def server_settings(config: Config) -> server.Settings:
 def make_launcher(config: Config, upstream: Upstream) -> Launcher:
     """The launcher that runs a real llama-server for a spec."""
 
-    async def launch(spec: ModelSpec, on_ready: Callable[[Handle], None]) -> child.Exit:
+    async def launch(spec: ModelSpec, on_ready: Callable[[Handle], None],
+                     on_spawn: Callable[[int], None]) -> child.Exit:
         if not os.path.isfile(spec.path):  # deleted since the scan: say so, start nothing
             return child.Exit(None, f"model file {spec.path} does not exist", [], False)
         return await child.serve(
             spec.name, [config.llama_server, *spec.child_args()], on_ready,
             upstream=upstream, load_timeout=config.load_timeout,
             stop_timeout=config.stop_timeout,
-            log_lines=config.log_lines, cache_dir=config.cache_dir)
+            log_lines=config.log_lines, cache_dir=config.cache_dir, on_spawn=on_spawn)
 
     return launch
 

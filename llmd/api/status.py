@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from llmd.children import chat_template
-from llmd.models.state import RUNNING, State
+from llmd.models.state import RUNNING, STARTING, State
 from llmd.models.prepare import launch_spec
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
         "download": ({"done": model.progress.done, "total": model.progress.total,
                       "rate": round(model.progress.rate(now))}
                      if model.progress is not None else None),
+        # How far a load on its way has come (progress.py).
+        "load": model.load.to_json() if model.load and model.state in STARTING else None,
         "memory": {"estimate_mib": model.need, "source": model.need_source,
                    "measured_mib": model.measured, "growth_mib": model.growth,
                    "booked_mib": model.booked() if model.state in RUNNING else {},

@@ -256,13 +256,16 @@ async def serve(
     stop_timeout: float,
     log_lines: int,
     cache_dir: str = "",
+    on_spawn: Callable[[int], None] = lambda pid: None,
 ) -> Exit:
-    """Run one child: call `on_ready` once /health answers, return when it exits."""
+    """Run one child: call `on_spawn` with its pid once it is started and `on_ready` once
+    /health answers; return when it exits."""
     for _ in range(_PORT_ATTEMPTS):
         try:
             child = spawn(name, argv, log_lines=log_lines, cache_dir=cache_dir)
         except OSError as exc:
             return Exit(None, f"cannot start {argv[0]}: {exc.strerror or exc}", [], False)
+        on_spawn(child.pid)
         try:
             ended = await _run(child, on_ready, upstream=upstream, load_timeout=load_timeout,
                                stop_timeout=stop_timeout)

@@ -52,6 +52,18 @@ def process_host_unfree(pid: int, proc: str = "/proc") -> int | None:
     return kib // 1024
 
 
+def process_resident(pid: int, proc: str = "/proc") -> int | None:
+    """A process's resident set (VmRSS) in MiB, file pages included; None once it is gone."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def process_host_use(pid: int, proc: str = "/proc") -> int | None:
     """A process's proportional set size in MiB (RSS when PSS is unavailable)."""
     for path, key in ((f"{proc}/{pid}/smaps_rollup", "Pss:"), (f"{proc}/{pid}/status", "VmRSS:")):

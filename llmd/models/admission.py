@@ -24,7 +24,8 @@ from llmd.memory.books import Ledger
 from llmd.errors import NoRoom
 from llmd.models.model import DeviceTable, Model
 from llmd.memory.releases import RELEASE_TIMEOUT, Releases
-from llmd.models.state import RUNNING
+from llmd.models.progress import Queue
+from llmd.models.state import RUNNING, State
 
 log = logging.getLogger("llmd.admission")
 
@@ -45,7 +46,8 @@ class Admission:
                  models_max: int = 4, min_residency: float = 0,
                  drain_timeout: float = 600, cache_ram_mib: int = 0,
                  release_timeout: float = RELEASE_TIMEOUT,
-                 child_env: Mapping[str, str] | None = None) -> None:
+                 child_env: Mapping[str, str] | None = None,
+                 waiting: Callable[[Model, Queue], None] = lambda model, queue: None) -> None:
         self.models = models
         self.devices = devices  # None: count models only, no memory accounting
         self.cache_ram_mib = cache_ram_mib  # the most prompt cache a child is given
@@ -57,6 +59,9 @@ class Admission:
         self.drain_timeout = drain_timeout
         self.evictions = 0
         self._evict, self._drain, self._undrain = evict, drain, undrain
+        self._waiting = waiting  # told where each queued load stands, as that changes
+        self.queue: list[Model] = []  # loads waiting for admission, first come first
+        self._why: tuple[str, str | None] = ("turn", None)  # what the first one waits for
         self._turn = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
         self._freed = trio.Event()
 
@@ -74,12 +79,28 @@ class Admission:
 
         Raises TooBig, or NoRoom at once, when the model can't fit however much is evicted.
         """
+        self.queue.append(model)
+        self._report_queue()
+        try:
+            await self._admit(model)
+        finally:
+            self.queue.remove(model)
+            self._why = ("turn", None)
+            self._report_queue()
+
+    def _report_queue(self) -> None:
+        for position, m in enumerate(self.queue, 1):
+            why, on = self._why if position == 1 else ("turn", self.queue[0].spec.name)
+            self._waiting(m, Queue(position, why, on))
+
+    async def _admit(self, model: Model) -> None:
         async with self._turn:
             drained: list[Model] = []
             self._book_growth_up_front(model)
             try:
                 with trio.move_on_after(self.drain_timeout):
                     while (fitted := await self._make_room(model, drained)) is None:
+                        self._report_queue()
                         now = trio.current_time()
                         with trio.move_on_at(eviction.next_settled(
                                 self.models.values(), self.min_residency, now)):
@@ -150,7 +171,19 @@ class Admission:
                      model.spec.name, busy.spec.name)
             drained.append(busy)
             self._drain(busy)
+        self._why = self._waits_for(model, where, over, drained)
         return None
+
+    def _waits_for(self, model: Model, where: list[str], over: bool,
+                   drained: list[Model]) -> tuple[str, str | None]:
+        """What a load that found no room waits for, and on which model, for its progress."""
+        draining = [m for m in drained if m.state is State.DRAINING]
+        if draining:
+            return "drain", draining[-1].spec.name
+        young = eviction.victim(self.models.values(), model, where, busy=True)
+        if young is not None:  # evictable once it has served min_residency
+            return "min_residency", young.spec.name
+        return ("models_max" if over else "room"), None
 
     def _short(self, model: Model, ledgers: list[Ledger]) -> list[str]:
         need = model.holding().need()

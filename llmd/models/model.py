@@ -12,6 +12,7 @@ from llmd.memory import books
 from llmd.models.catalog import ModelSpec
 from llmd.errors import LlmdError
 from llmd.memory.devices import Device
+from llmd.models.progress import Progress
 from llmd.models.state import State
 
 
@@ -44,8 +45,12 @@ class Exit(Protocol):
     def ready(self) -> bool: ...
 
 
-# launcher(spec, on_ready) runs a child until it exits; cancelling it stops the child.
-Launcher = Callable[[ModelSpec, Callable[[Handle], None]], Awaitable[Exit]]
+class Launcher(Protocol):
+    """Runs a child for `spec` until it exits; cancelling it stops the child. It calls
+    `on_spawn(pid)` once the process exists and `on_ready(handle)` once it serves."""
+
+    def __call__(self, spec: ModelSpec, on_ready: Callable[[Handle], None],
+                 on_spawn: Callable[[int], None]) -> Awaitable[Exit]: ...
 
 
 class DeviceTable(Protocol):
@@ -100,6 +105,8 @@ class Model:
     measured_at: float = -math.inf
     activity: trio.Event = field(default_factory=trio.Event)  # set when a lease starts or ends
     progress: Any = None  # download.Progress while (and after) downloading
+    load: Progress | None = None  # how far the current (or last) load has come
+    progress_sent: float = -math.inf  # when its last in-step progress event went out
     pull_only: bool = False  # this attempt downloads and stops (llmctl pull)
     evicting: bool = False  # draining because a queued load needs its room (not an unload)
     pulled: int = 0  # the attempt whose pull completed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, Callable
 
 import trio
@@ -14,17 +15,19 @@ import trio
 from llmd.children import chat_template
 from llmd.models.catalog import ModelSpec
 from llmd.hub.download import DownloadError, Progress
+from llmd.memory.devices import process_resident
 from llmd.errors import ModelFailed
 from llmd.models.model import DeviceTable, Failure, Model, NeedSource
 
 log = logging.getLogger("llmd.prepare")
 
-_PROGRESS_EVERY = 0.5  # seconds between download_progress events
+_PROGRESS_EVERY = 0.25  # seconds between samples of a download's bytes
 # llama-server's fit and its settings: an operator who sets any of them wants the fit.
 _FIT_FLAGS = {"-fit", "--fit", "-fitt", "--fit-target", "-fitc", "--fit-ctx"}
 
 
-async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], None]) -> None:
+async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], None],
+                   progressed: Callable[[Model], None] = lambda model: None) -> None:
     """Fetch a hub model into the cache and point its spec at the files; raises ModelFailed.
 
     A download cancelled on purpose (model.discard_partial) removes its partial files; any
@@ -37,7 +40,7 @@ async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], N
     log.info("%s: downloading %s", name, model.spec.hf)
     error: DownloadError | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_report_progress, model, publish)
+        nursery.start_soon(_report_progress, model, progressed)
         try:
             path, mmproj = await hub.fetch(model.spec.hf, model.progress)
         except DownloadError as exc:  # caught here, not wrapped in an ExceptionGroup
@@ -60,15 +63,14 @@ async def download(model: Model, hub: Any, publish: Callable[[dict[str, Any]], N
     model.spec = dataclasses.replace(model.spec, path=path, mmproj=mmproj)
 
 
-async def _report_progress(model: Model, publish: Callable[[dict[str, Any]], None]) -> None:
+async def _report_progress(model: Model, progressed: Callable[[Model], None]) -> None:
+    # The hub writes bytes into model.progress as they arrive; this samples them.
     while True:
         await trio.sleep(_PROGRESS_EVERY)
         p = model.progress
-        # llama.cpp's router shape ({"progress": {source: {done, total}}}), and llmd's.
-        publish({"model": model.spec.name, "event": "download_progress",
-                 "data": {"progress": {model.spec.hf: {"done": p.done, "total": p.total}},
-                          "done": p.done, "total": p.total,
-                          "rate": round(p.rate(trio.current_time()))}})
+        if model.load is not None:
+            model.load.downloaded(p.done, p.total, p.rate(trio.current_time()))
+        progressed(model)
 
 
 async def estimate(model: Model, estimator: NeedSource) -> None:
@@ -98,6 +100,28 @@ def launch_spec(model: Model, look: bool = True) -> ModelSpec:
     # Read once per file (chat_template caches it): ~20 ms for Gemma 3's vocabulary.
     extra += chat_template.template(spec, look).args
     return dataclasses.replace(spec, args=(*spec.args, *extra)) if extra else spec
+
+
+def expected_mib(spec: ModelSpec) -> int:
+    """What a loaded child holds of its model: the model file and its projector, in MiB."""
+    total = 0
+    for path in (spec.path, spec.mmproj):
+        if path:
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+    return total >> 20
+
+
+def resident_mib(pid: int, devices: DeviceTable | None) -> int | None:
+    """How much of its model a loading child holds: its resident host memory, or what it
+    holds on its GPUs where that is more (weights copied there). None once it is gone."""
+    host = process_resident(pid)
+    if host is None:
+        return None
+    gpus = devices.process_use(pid) if devices is not None else {}
+    return max(host, sum(v for k, v in gpus.items() if k != "host"))
 
 
 def measure(model: Model, devices: DeviceTable) -> None:

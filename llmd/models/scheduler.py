@@ -7,6 +7,7 @@ decide; the scheduler carries its evictions out.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from llmd.models.catalog import ModelSpec, file_identity, names
 from llmd.models.events import Broker
 from llmd.errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded
 from llmd.models.model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
+from llmd.models.progress import Progress, Queue
 from llmd.models.state import RUNNING, STARTING, State, check
 
 log = logging.getLogger("llmd.scheduler")
@@ -38,6 +40,7 @@ UNLOADED, DOWNLOADING, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
     State.UNLOADED, State.DOWNLOADING, State.ESTIMATING, State.QUEUED, State.LOADING,
     State.LOADED, State.DRAINING)
 _MEASURE_EVERY = 2.0  # seconds between measurements of a child's real use
+PROGRESS_EVERY = 0.25  # seconds between progress events within one step of a load
 
 
 class Scheduler:
@@ -58,6 +61,7 @@ class Scheduler:
         allow_pull: bool = False,
         cache_ram_mib: int = 0,
         binary: Callable[[], object] = lambda: None,
+        resident: Callable[[int], int | None] | None = None,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
@@ -66,7 +70,7 @@ class Scheduler:
         self.admission = Admission(self.models, devices, evict=self._unload, drain=self._drain,
                                    undrain=self._undrain, models_max=models_max,
                                    min_residency=min_residency, drain_timeout=drain_timeout,
-                                   cache_ram_mib=cache_ram_mib)
+                                   cache_ram_mib=cache_ram_mib, waiting=self._queued)
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
         self.default_args = default_args  # for hub models named in a request or llmctl
@@ -77,6 +81,8 @@ class Scheduler:
         self.binary = binary  # the llama-server build's identity: a new one may load what failed
         self._nursery: trio.Nursery | None = None
         self.events = Broker()
+        # MiB a loading child holds of its model, by pid: its progress (prepare.resident_mib).
+        self.resident = resident or (lambda pid: prepare.resident_mib(pid, self.devices))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery every model's supervisor runs in; on cancel, stop them all."""
@@ -287,6 +293,7 @@ class Scheduler:
             first = DOWNLOADING
         else:
             first = ESTIMATING if self.devices is not None else QUEUED
+        model.load = Progress(downloads=first is DOWNLOADING, pull=model.pull_only)
         self.events.publish({"model": model.spec.name, "event": "model_status",
                              "data": {"status": first.wire}})
         self._set(model, first)
@@ -299,12 +306,14 @@ class Scheduler:
             try:
                 if model.spec.hf and not os.path.exists(model.spec.path):
                     try:
-                        await prepare.download(model, self.hub, self.events.publish)
+                        await prepare.download(model, self.hub, self.events.publish, self.progressed)
                     except ModelFailed:
                         self.failures["download"] += 1
                         raise
                 if model.pull_only:
                     model.pulled = attempt
+                    if model.load is not None:
+                        model.load.enter("downloaded")
                 else:
                     await self._run_child(model, attempt)
             except LlmdError as exc:
@@ -338,7 +347,9 @@ class Scheduler:
         self._set(model, LOADING)
         self.loads += 1
         log.info("%s: loading", name)
-        result = await self._launcher(prepare.launch_spec(model), lambda h: self._ready(model, h))
+        result = await self._launcher(
+            prepare.launch_spec(model), lambda h: self._ready(model, h),
+            lambda pid: self._nursery_start(self._watch_load, model, attempt, pid))
         if result.ready:
             log.warning("%s: %s", name, result.reason)
             if result.code not in (0, None):
@@ -465,14 +476,63 @@ class Scheduler:
     def _set(self, model: Model, state: State) -> None:
         """The one place a model's state changes; raises IllegalTransition."""
         check(model.spec.name, model.state, state)
-        model.state = state
+        old, model.state = model.state, state
         model.changed.set()
         model.changed = trio.Event()
         if state == UNLOADED:  # room freed: wake a load waiting for it
             model.evicting = False
             self.admission.freed()
-        self.events.publish({"model": model.spec.name, "event": "status_change",
-                             "data": status.event_data(self.describe(model)["status"])})
+        data = status.event_data(self.describe(model)["status"])
+        load = model.load
+        if load is not None and (state in STARTING or old in STARTING):
+            if state in STARTING or state == LOADED:
+                load.enter(state.value)
+            elif not load.ended:  # its run ended before the model was ready
+                failed = model.error is not None and model.error[0] == model.attempt
+                load.enter("failed" if failed else "cancelled")
+            data["load"] = load.to_json()
+            data["progress"] = load.llama_cpp()
+            model.progress_sent = trio.current_time()
+        self.events.publish({"model": model.spec.name, "event": "status_change", "data": data})
+
+    def _queued(self, model: Model, queue: Queue) -> None:
+        """Admission moved the model in its queue: a change worth an event at once."""
+        if model.load is not None and model.load.queue != queue:
+            model.load.queued(queue)
+            model.progress_sent = -math.inf
+            self.progressed(model)
+
+    def progressed(self, model: Model) -> None:
+        """Publish how far the model's load has come within its step, a few times a second
+        at most; state changes are published as they happen (_set)."""
+        now = trio.current_time()
+        load = model.load
+        if load is None or load.ended or now - model.progress_sent < PROGRESS_EVERY:
+            return
+        model.progress_sent = now
+        if model.state == DOWNLOADING and load.download is not None:
+            # llama.cpp's router shape ({"progress": {source: {done, total}}}), and llmd's.
+            d = load.download
+            self.events.publish({"model": model.spec.name, "event": "download_progress", "data": {
+                "progress": {model.spec.hf: {"done": d["done"], "total": d["total"]}},
+                **d, "load": load.to_json()}})
+        else:
+            self.events.publish({"model": model.spec.name, "event": "status_change", "data": {
+                "status": model.state.wire, "progress": load.llama_cpp(),
+                "load": load.to_json()}})
+
+    async def _watch_load(self, model: Model, attempt: int, pid: int) -> None:
+        """While the child loads, follow its resident memory against the model's size."""
+        expected = prepare.expected_mib(model.spec)
+        while model.state == LOADING and model.attempt == attempt and model.load is not None:
+            # /proc/PID/status (and NVML's process list, with GPUs): well under a ms.
+            resident = self.resident(pid)
+            if resident is None:
+                return
+            model.load.resident(resident, expected)
+            self.progressed(model)
+            with trio.move_on_after(PROGRESS_EVERY):
+                await model.changed.wait()
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """A channel of state-change events; it is closed if its reader falls behind."""

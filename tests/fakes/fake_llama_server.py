@@ -120,10 +120,19 @@ server = Server((args.host, args.port), Handler)
 server.daemon_threads = True
 
 
+held: list[bytearray] = []
+
+
 def load() -> None:
     if behaviour.get("hang"):
         return
-    time.sleep(float(behaviour.get("load_delay", 0)))
+    delay = float(behaviour.get("load_delay", 0))
+    # Read the model in as llama-server does: resident memory grows while it loads.
+    grow = int(behaviour.get("grow_mib", 0))
+    for _ in range(10 if grow else 0):
+        held.append(bytearray(os.urandom(1)) * ((grow << 20) // 10))
+        time.sleep(delay / 10)
+    time.sleep(0 if grow else delay)
     print("fake llama-server: model loaded", flush=True)
     ready.set()
 

@@ -52,13 +52,15 @@ class FakeLauncher:
         self.specs: dict[str, ModelSpec] = {}  # the spec each model was last launched with
         self._next_pid = 1000
 
-    async def __call__(self, spec: ModelSpec, on_ready: Callable[[FakeHandle], None]) -> Exit:
+    async def __call__(self, spec: ModelSpec, on_ready: Callable[[FakeHandle], None],
+                       on_spawn: Callable[[int], None] = lambda pid: None) -> Exit:
         b = self.behaviour.get(spec.name, Behaviour())
         self.launches.append(spec.name)
         self.log.append(("launch", spec.name))
         self.specs[spec.name] = spec
         self._next_pid += 1
         handle = FakeHandle(self._next_pid, 20000 + self._next_pid, f"fake://{spec.name}")
+        on_spawn(handle.pid)
         try:
             if b.hang:
                 await trio.sleep_forever()

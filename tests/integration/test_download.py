@@ -142,12 +142,17 @@ def test_llmctl_pull_downloads_without_loading_and_the_cache_is_listed_next_time
               "hf_endpoint": hub.url, "cache_dir": str(tmp_path / "cache")}
     d = daemon(config)
     result = d.llmctl("pull", "acme/tiny-GGUF:Q4_K_M", "--json")
-    start = result.stdout.index("{\n")  # progress lines (one JSON object each), then the model
-    progress = [json.loads(line) for line in result.stdout[:start].splitlines()]
-    final = json.loads(result.stdout[start:])
+    # JSON lines: one per progress step, then the model.
+    *progress, final = [json.loads(line) for line in result.stdout.splitlines()]
     assert final["id"] == "acme/tiny-GGUF:Q4_K_M" and final["status"]["value"] == "unloaded"
     assert Path(final["path"]).exists()
-    assert all(p["model"] == final["id"] and p["total"] == tiny.stat().st_size for p in progress)
+    assert progress and all(p["model"] == final["id"] for p in progress)
+    assert progress[0]["state"] == "downloading"
+    assert (progress[-1]["state"], progress[-1]["progress"]) == ("downloaded", 1.0)
+    values = [p["progress"] for p in progress]
+    assert values == sorted(values) and all(0 <= v < 1 for v in values[:-1])
+    assert all(p["download"]["total"] == tiny.stat().st_size
+               for p in progress if p["download"])
     assert d.llmctl("pull", "acme/tiny-GGUF:Q4_K_M").stdout.startswith(
         "acme/tiny-GGUF:Q4_K_M: on disk at ")
     assert len(hub.file_requests) == 1
