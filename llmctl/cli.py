@@ -96,8 +96,13 @@ def load(ctx: click.Context, name: str, no_wait: bool, as_json: bool) -> None:
             else:
                 with _Progress(as_json) as shown:
                     model_id = follow(c, "load", name, shown)
-                # Whatever happened meanwhile (a drain, a restart), this returns once loaded.
-                model = c.call("POST", "/load", json={"model": model_id, "wait": True})
+                model = c.call("GET", "/status", params={"model": model_id})
+                if model["status"].get("failed"):
+                    raise DaemonError(503, f"{model_id}: {model['status'].get('reason')}")
+                if model["state"] == "unloaded":
+                    raise DaemonError(503, f"{model_id}: unloaded before it was ready")
+                if model["state"] != "loaded":  # draining meanwhile: loads again once stopped
+                    model = c.call("POST", "/load", json={"model": model_id, "wait": True})
         if as_json:
             click.echo(json.dumps(model) if not no_wait else json.dumps(model, indent=2))
         elif no_wait:

@@ -30,6 +30,7 @@ class ModelConfig:
     ttl: float = 0
     load_on_startup: bool = False
     priority: int = 0
+    loading_feedback: bool | None = None  # None: the global setting
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Config:
     hf_endpoint: str = ""
     allow_pull: bool = False
     offline: bool = False
+    loading_feedback: bool = False  # narrate a load inside a streaming chat's own stream
     models: tuple[ModelConfig, ...] = field(default_factory=tuple)
     # Resolved at start-up from the environment, not keys of the file:
     hub_cache: str = field(default="", metadata={"from_env": True})
@@ -101,6 +103,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "hf_endpoint": ((str,), str),
     "allow_pull": ((bool,), bool),
     "offline": ((bool,), bool),
+    "loading_feedback": ((bool,), bool),
 }
 _LISTS = {"args", "api_keys", "cors_origins", "allowed_hosts"}
 _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -111,6 +114,7 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "ttl": ((int, float), float),
     "load_on_startup": ((bool,), bool),
     "priority": ((int,), int),
+    "loading_feedback": ((bool,), bool),
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
 _NON_NEGATIVE = {"models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",

@@ -139,6 +139,16 @@ class UpstreamError(LlmdError):
     type = "server_error"
 
 
+class ChildRefused(LlmdError):
+    """The model's server answered with an error where llmd had already begun the response
+    (a narrated load): its status and message, as the stream's error event."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "server_error"
+
+
 class ConfigError(Exception):
     """A configuration problem, reported as one line naming the file and key."""
 

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from llmd.api import asgi
+from llmd.api import asgi, feedback
 from llmd.api import origins
 from llmd.api.asgi import Receive, Scope, Send
 from llmd.config import Config
@@ -15,7 +15,9 @@ from llmd.errors import BadRequest, ConfigError, LlmdError, NotFound, ServerErro
 from llmd.server.hangup import cancelled_on_hangup
 from llmd.api.metrics import Metrics
 from llmd.api.proxy import Proxy
+from llmd.models.model import Handle, Model
 from llmd.models.scheduler import Scheduler
+from llmd.models.state import State
 
 log = logging.getLogger("llmd.router")
 
@@ -173,7 +175,8 @@ class Router:
                     raise BadRequest("model name is missing from the request")
                 status["model"] = model
                 return await self._proxy(scope, receive, send, model, body,
-                                         autoload_of(params, self.config.autoload))
+                                         autoload_of(params, self.config.autoload),
+                                         asgi.json_object(body))
         raise NotFound(f"no route for {method} {path}")
 
     async def _body(self, scope: Scope, receive: Receive, limit: int | None = None) -> bytes:
@@ -181,11 +184,32 @@ class Router:
                                     self.config.body_timeout)
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
-                     autoload: bool) -> None:
+                     autoload: bool, request: dict[str, Any] | None = None) -> None:
+        method, path, query = scope["method"], scope["path"], scope.get("query_string", b"")
         with cancelled_on_hangup(scope, send) as send:
+            target = self._narrate(scope, model, request or {}) if autoload else None
+            if target is not None:
+                async def forward(into: Send, handle: Handle) -> None:
+                    await self.proxy.forward_body(into, method, handle.base_url, path, query,
+                                                  scope["headers"], body)
+                return await feedback.narrated(
+                    send, target, model, lambda: self.scheduler.lease(model, autoload=autoload),
+                    forward, anthropic=path in ANTHROPIC_PATHS)
             async with self.scheduler.lease(model, autoload=autoload) as handle:
-                await self.proxy.forward(send, scope["method"], handle.base_url, scope["path"],
-                                         scope.get("query_string", b""), scope["headers"], body)
+                await self.proxy.forward(send, method, handle.base_url, path, query,
+                                         scope["headers"], body)
+
+    def _narrate(self, scope: Scope, name: str, request: dict[str, Any]) -> Model | None:
+        """The model whose load this request waits for with loading feedback, if it does."""
+        header = asgi.header(scope, feedback.HEADER)
+        if not feedback.wanted(scope["path"], request, header, True):
+            return None  # not a streaming chat, or the client said no
+        model = self.scheduler.resolve(name, status=400, pull=self.scheduler.allow_pull)
+        setting = model.spec.loading_feedback
+        on = self.config.loading_feedback if setting is None else setting
+        if model.state is State.LOADED or not feedback.wanted(scope["path"], request, header, on):
+            return None
+        return model
 
     async def _load_unload(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         body = asgi.json_object(await self._body(scope, receive, 1 << 20))

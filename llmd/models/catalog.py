@@ -30,6 +30,7 @@ class ModelSpec:
     priority: int = 0
     source: str = "models_dir"
     hf: str = ""  # owner/repo[:QUANT] to download when `path` is not there yet
+    loading_feedback: bool | None = None  # None: the global loading_feedback
 
     def child_args(self) -> tuple[str, ...]:
         """Arguments for llama-server, without host and port."""
@@ -122,6 +123,7 @@ def _from_config(config: Config, model: ModelConfig,
         ttl=model.ttl,
         load_on_startup=model.load_on_startup,
         priority=model.priority,
+        loading_feedback=model.loading_feedback,
         source="config",
     )
 
