@@ -52,6 +52,8 @@ def mib(n: float) -> str:
 
 def _waiting(queue: dict[str, Any]) -> str:
     why, on = queue.get("waiting_for"), queue.get("on")
+    if on is None and why in ("turn", "drain", "min_residency"):
+        return "next in line"
     return {"turn": f"behind the load of {on}",
             "drain": f"waiting for {on} to finish its requests",
             "min_residency": f"waiting for {on} to serve its min_residency",
@@ -72,7 +74,8 @@ def progress(load: dict[str, Any], width: int = 24) -> str:
     elif load["state"] == "queued" and q:
         bar += f" #{q['position']}, {_waiting(q)}"
     elif load["state"] == "loading" and m:
-        bar += f" {m['resident_mib']}/{m['expected_mib']} MiB read in"
+        # Buffers beside the weights can take resident memory past the file's size.
+        bar += f" {min(m['resident_mib'], m['expected_mib'])}/{m['expected_mib']} MiB read in"
     return bar + f" ({duration(load.get('elapsed'))})"
 
 
