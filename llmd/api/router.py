@@ -170,13 +170,13 @@ class Router:
                 return await self._load_unload(scope, receive, send, path)
             if path in PROXIED_POST:
                 body = await self._body(scope, receive)
-                model = asgi.json_object(body).get("model")
+                request = asgi.json_object(body)
+                model = request.get("model")
                 if not isinstance(model, str) or not model:
                     raise BadRequest("model name is missing from the request")
                 status["model"] = model
                 return await self._proxy(scope, receive, send, model, body,
-                                         autoload_of(params, self.config.autoload),
-                                         asgi.json_object(body))
+                                         autoload_of(params, self.config.autoload), request)
         raise NotFound(f"no route for {method} {path}")
 
     async def _body(self, scope: Scope, receive: Receive, limit: int | None = None) -> bytes:
@@ -201,9 +201,9 @@ class Router:
 
     def _narrate(self, scope: Scope, name: str, request: dict[str, Any]) -> Model | None:
         """The model whose load this request waits for with loading feedback, if it does."""
+        if scope["path"] not in feedback.PATHS or request.get("stream") is not True:
+            return None  # the common case, decided without reading a header
         header = asgi.header(scope, feedback.HEADER)
-        if not feedback.wanted(scope["path"], request, header, True):
-            return None  # not a streaming chat, or the client said no
         model = self.scheduler.resolve(name, status=400, pull=self.scheduler.allow_pull)
         setting = model.spec.loading_feedback
         on = self.config.loading_feedback if setting is None else setting
