@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmd.models.catalog import ModelSpec
 from llmd.models.progress import Progress, Queue
@@ -116,3 +118,27 @@ async def test_min_residency_is_named_as_what_a_queued_load_waits_for(tmp_path, 
         nursery.start_soon(use, s, "b")
         await trio.sleep(0.5)
         assert s.models["b"].load.queue == Queue(1, "min_residency", "a")
+
+
+_STEPS = st.sampled_from(["downloading", "estimating", "queued", "loading"])
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("enter"), _STEPS),
+    st.tuples(st.just("downloaded"), st.integers(0, 1000), st.integers(0, 1000)),
+    st.tuples(st.just("resident"), st.integers(0, 5000), st.integers(0, 1000)),
+    st.tuples(st.just("advance"), st.floats(-1, 2, allow_nan=False))), max_size=40)
+
+
+@given(downloads=st.booleans(), pull=st.booleans(), ops=_OPS)
+def test_whatever_is_reported_progress_only_moves_forward_and_stays_short_of_one(
+        downloads, pull, ops):
+    p = Progress(downloads=downloads, pull=pull)
+    last = p.value
+    for name, *args in ops:
+        if name == "downloaded":
+            p.downloaded(args[0], args[1], 1.0)
+        else:
+            getattr(p, name)(*args)
+        assert last <= p.value < 1.0
+        last = p.value
+    p.enter("downloaded" if pull else "loaded")
+    assert p.value == 1.0
