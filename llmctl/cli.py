@@ -98,7 +98,8 @@ def load(ctx: click.Context, name: str, no_wait: bool, as_json: bool) -> None:
                     model_id = follow(c, "load", name, shown)
                 model = c.call("GET", "/status", params={"model": model_id})
                 if model["status"].get("failed"):
-                    raise DaemonError(503, f"{model_id}: {model['status'].get('reason')}")
+                    raise DaemonError(503, f"model '{model_id}' failed to load: "
+                                           f"{model['status'].get('reason')}")
                 if model["state"] == "unloaded":
                     raise DaemonError(503, f"{model_id}: unloaded before it was ready")
                 if model["state"] != "loaded":  # draining meanwhile: loads again once stopped
