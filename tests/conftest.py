@@ -39,7 +39,8 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Llmd]]:
     """Start llmd daemons with a given config; all are stopped at the end of the test."""
     started: list[Llmd] = []
 
-    def start(config: dict[str, Any] | None = None, models: dict[str, Any] | None = None) -> Llmd:
+    def start(config: dict[str, Any] | None = None, models: dict[str, Any] | None = None,
+              **how: Any) -> Llmd:
         base = tmp_path / f"llmd{len(started)}"
         base.mkdir()
         (base / "models").mkdir()
@@ -49,7 +50,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Llmd]]:
                 target.symlink_to(content)
             else:
                 target.write_bytes(content if isinstance(content, bytes) else content.encode())
-        d = Llmd(base, config or {})
+        d = Llmd(base, config or {}, **how)
         started.append(d)
         return d.start()
 

@@ -75,8 +75,11 @@ def pid_alive(pid: int) -> bool:
 class Llmd:
     """One llmd process with its own config, models dir, router port and control socket."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], python: str = sys.executable,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
+        self.python = python  # another environment's, to run llmd installed there
+        self.env = env
         self.port = free_port()
         self.config = {"listen": f"127.0.0.1:{self.port}",
                        "control_socket": str(tmp / "control.sock"),
@@ -93,8 +96,8 @@ class Llmd:
     def start(self) -> Llmd:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmd", "--config", str(self.config_path), "--log-level",
-             "debug"], stdout=log, stderr=log, cwd=self.tmp)
+            [self.python, "-m", "llmd", "--config", str(self.config_path), "--log-level",
+             "debug"], stdout=log, stderr=log, cwd=self.tmp, env=self.env)
         wait_until(self._answers, 30, "llmd to answer on its control socket")
         return self
 

@@ -7,14 +7,11 @@ import os
 import time
 from typing import Any, Callable
 
-import trio
-
 from llmd.api import asgi
 from llmd.api import follow
 from llmd.api.asgi import Receive, Scope, Send
 from llmd.config import Config
 from llmd.errors import BadRequest, ConfigError, Forbidden, LlmdError, NotFound, ServerError
-from llmd.models.model import Model
 from llmd.models.scheduler import Scheduler
 from llmd.server import peercred
 from llmd.server.hangup import cancelled_on_hangup
@@ -124,27 +121,10 @@ class Control:
             "devices": self.scheduler.admission.device_table(),
         }
 
-    def _logs_of(self, params: dict[str, str]) -> tuple[Model, int]:
-        name = params.get("model", "")
-        if not name:
-            raise BadRequest("'model' is required")
-        model = self.scheduler.resolve(name)
-        try:
-            lines = max(0, min(int(params.get("lines", "100")), 100_000))
-        except ValueError:
-            raise BadRequest("'lines' must be an integer")
-        return model, lines
-
     def _logs(self, params: dict[str, str]) -> dict[str, Any]:
-        model, lines = self._logs_of(params)
+        model, lines = follow.asked(self.scheduler, params)
         return {"model": model.spec.name, "lines": follow.tail(model, lines)}
 
     async def _follow(self, scope: Scope, send: Send, params: dict[str, str]) -> None:
-        model, lines = self._logs_of(params)
-        out, found = trio.open_memory_channel[dict[str, Any]](1024)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow.lines, model, lines, out)
-            with cancelled_on_hangup(scope, send) as send:
-                await asgi.event_stream(send, found)
-            nursery.cancel_scope.cancel()
+        await follow.stream(scope, send, *follow.asked(self.scheduler, params))
 

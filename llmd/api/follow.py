@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
+from llmd.api import asgi
+from llmd.api.asgi import Scope, Send
+from llmd.errors import BadRequest
 from llmd.models.model import Model
+from llmd.server.hangup import cancelled_on_hangup
+
+if TYPE_CHECKING:
+    from llmd.models.scheduler import Scheduler
 
 
 async def _first(*waits: Callable[[], Awaitable[Any]]) -> None:
@@ -45,3 +52,28 @@ async def lines(model: Model, last: int, out: trio.MemorySendChannel[dict[str, A
                 continue
             waits = [model.changed.wait] + ([handle.wait_activity] if handle else [])
             await _first(*waits)
+
+
+def asked(scheduler: Scheduler, params: dict[str, str]) -> tuple[Model, int]:
+    """The model and line count a logs request asks for (?model=, ?lines=); BadRequest or
+    ModelNotFound when they are wrong."""
+    name = params.get("model", "")
+    if not name:
+        raise BadRequest("'model' is required")
+    model = scheduler.resolve(name)
+    try:
+        lines = max(0, min(int(params.get("lines", "100")), 100_000))
+    except ValueError:
+        raise BadRequest("'lines' must be an integer")
+    return model, lines
+
+
+async def stream(scope: Scope, send: Send, model: Model, last: int) -> None:
+    """Answer with the model's last `last` lines and every new one, as server-sent events,
+    until the client hangs up."""
+    out, found = trio.open_memory_channel[dict[str, Any]](1024)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lines, model, last, out)
+        with cancelled_on_hangup(scope, send) as send:
+            await asgi.event_stream(send, found)
+        nursery.cancel_scope.cancel()

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from llmd.api import asgi, feedback
+from llmd.api import asgi, feedback, follow, ui
 from llmd.api import origins
 from llmd.api.asgi import Receive, Scope, Send
 from llmd.config import Config
@@ -32,8 +32,9 @@ PROXIED_POST = frozenset({
 PROXIED_GET = frozenset({"/props", "/slots", "/metrics", "/lora-adapters"})
 # Routes of Anthropic's Messages API: their clients read errors in Anthropic's shape.
 ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
-KNOWN_PATHS = PROXIED_POST | PROXIED_GET | {"/health", "/v1/health", "/models", "/v1/models",
-                                            "/models/sse", "/models/load", "/models/unload"}
+KNOWN_PATHS = PROXIED_POST | PROXIED_GET | ui.PATHS | {
+    "/health", "/v1/health", "/models", "/v1/models", "/models/sse", "/models/load",
+    "/models/unload", "/llmd/status", "/llmd/logs", "/llmd/page"}
 
 
 def autoload_of(params: dict[str, str], default: bool) -> bool:
@@ -53,6 +54,7 @@ class Router:
         self.proxy = proxy
         self.metrics = metrics
         self.reload: Callable[[], object] = lambda: None
+        self.started = time.time()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if await asgi.handled_as_non_http(scope, receive, send):
@@ -131,6 +133,10 @@ class Router:
         method, path = scope["method"], scope["path"]
         if method == "OPTIONS":  # before the key check: browsers send none with it
             return await self._preflight(scope, send, origin)
+        if method == "GET" and path in ui.PATHS:  # the page: no data, only the key prompt
+            return await ui.send_file(send, path)
+        if method == "GET" and path == "/llmd/page":  # whether the page must ask for a key
+            return await asgi.send_json(send, 200, {"key_required": bool(self.config.api_keys)})
         self._check_key(scope)
         params = asgi.query(scope)
         if method == "GET":
@@ -146,6 +152,12 @@ class Router:
                                                         "data": self.scheduler.snapshot()})
             if path == "/models/sse":
                 return await self._events(scope, send)
+            if path == "/llmd/status":
+                return await asgi.send_json(send, 200, ui.status(self.scheduler, self.metrics,
+                                                                 self.started))
+            if path == "/llmd/logs":
+                followed, lines = follow.asked(self.scheduler, params)
+                return await follow.stream(scope, send, followed, lines)
             if path.startswith(("/v1/models/", "/models/")) and path.count("/") >= 2:
                 # OpenAI's models.retrieve; a name may hold slashes (owner/repo:QUANT).
                 name = path.split("/models/", 1)[1]
@@ -220,7 +232,8 @@ class Router:
             await self.scheduler.load(name, wait=False)
         else:
             self.scheduler.resolve(name, status=400)
-            await self.scheduler.unload(name, wait=False)
+            # llmd's addition: "force" cancels the requests in flight (llmctl unload --force).
+            await self.scheduler.unload(name, force=body.get("force") is True, wait=False)
         await asgi.send_json(send, 200, {"success": True})
 
     async def _events(self, scope: Scope, send: Send) -> None:
