@@ -211,3 +211,32 @@ def test_the_page_keeps_up_with_200_clients_swapping_models(daemon, llama_server
                 if line.startswith("llmd_loads_total"))
     assert loads and "status_change: loaded" in browser.find_element(By.ID, "events").text
     assert errors(browser) == []
+
+
+def test_the_pages_files_need_no_key_but_its_data_does(daemon, fake_server):
+    d = daemon({"llama_server": fake_server, "api_keys": ["sesame"]},
+               models={"a.gguf": json.dumps({})})
+    for path, kind in (("/", "text/html"), ("/ui", "text/html"), ("/ui/app.js", "text/javascript"),
+                       ("/ui/style.css", "text/css")):
+        response = d.http.get(path)
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+        assert "a.gguf" not in response.text and "sesame" not in response.text
+    assert d.http.get("/llmd/page").json() == {"key_required": True}
+    for path in ("/llmd/status", "/llmd/logs?model=a", "/models/sse"):
+        assert d.http.get(path).status_code == 401
+    status = d.http.get("/llmd/status", headers={"authorization": "Bearer sesame"}).json()
+    assert [m["id"] for m in status["models"]] == ["a"] and status["requests_total"] == 0
+
+
+def test_unload_with_force_cancels_requests_in_flight(daemon, fake_server):
+    d = daemon({"llama_server": fake_server},
+               models={"s.gguf": json.dumps({"tokens": 1000, "token_delay": 0.05})})
+    with d.http.stream("POST", "/v1/chat/completions",
+                       json={"model": "s", "stream": True}) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert d.http.post("/models/unload", json={"model": "s", "force": True}).json() == {
+            "success": True}
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert "was unloaded" in json.loads(rest[-1][6:])["error"]["message"]
