@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -149,3 +150,17 @@ def test_a_download_is_narrated_with_its_percentage_before_the_load(daemon, fake
     assert "MiB/s" in downloads[-1]
     assert said.index(downloads[-1]) < max(i for i, line in enumerate(said)
                                            if line.startswith(("Loading s", "s is ready")))
+
+
+@pytest.mark.real
+def test_the_anthropic_client_reads_the_wait_as_thinking_then_the_answer(daemon, llama_server,
+                                                                       gemma):
+    d = daemon(gemma_config(llama_server, loading_feedback=True),
+               models={"gemma.gguf": gemma})
+    client = anthropic.Anthropic(base_url=d.url, api_key="none", max_retries=0)
+    with client.messages.stream(model="gemma", max_tokens=16,
+                                messages=[{"role": "user", "content": "Say hi."}]) as stream:
+        message = stream.get_final_message()
+    thinking, text = message.content[0], message.content[1]
+    assert thinking.type == "thinking" and "gemma is ready (" in thinking.thinking
+    assert text.type == "text" and text.text.strip()
