@@ -8,6 +8,7 @@ or the fake child where a test is about the page rather than the model.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests import load
 from tests.fakes import tiny_gguf
 from tests.integration.test_load import MODELS, _bounded
+from tests.integration.test_progress import slow_model
 from tests.integration.test_real_gemma import gemma_config
 from tests.integration.test_wheel import installed  # noqa: F401  (a fixture)
 
@@ -240,3 +242,18 @@ def test_unload_with_force_cancels_requests_in_flight(daemon, fake_server):
             "success": True}
         rest = [line for line in lines if line.startswith("data: ")]
     assert "was unloaded" in json.loads(rest[-1][6:])["error"]["message"]
+
+
+def test_a_load_in_progress_shows_its_percentage_and_step(daemon, fake_server, browser):
+    d = daemon({"llama_server": fake_server}, models={"slow.gguf": slow_model(40, 3)})
+    browser.get(d.url + "/")
+    wait(browser, "the model list", lambda c: badge(c, "slow") == "unloaded")
+    button(browser, "slow", "Load").click()
+    wait(browser, "a percentage", lambda c: re.fullmatch(r"loading [1-9]\d? %", badge(c, "slow")))
+    step = wait(browser, "what the load does", lambda c: re.fullmatch(
+        r"read in \d+ MiB of 40 MiB", card(c, "slow").find_element(By.CLASS_NAME, "step").text))
+    assert step
+    assert card(browser, "slow").find_element(By.TAG_NAME, "progress").is_displayed()
+    wait(browser, "loaded", lambda c: badge(c, "slow") == "loaded")
+    assert not card(browser, "slow").find_element(By.TAG_NAME, "progress").is_displayed()
+    assert errors(browser) == []
