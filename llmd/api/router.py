@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from typing import Any, Callable
 
 from llmd.api import asgi, feedback, follow, ui
+from llmd.api.ollama import routes as ollama
 from llmd.api import origins
 from llmd.api.asgi import Receive, Scope, Send
 from llmd.config import Config
@@ -32,7 +34,7 @@ PROXIED_POST = frozenset({
 PROXIED_GET = frozenset({"/props", "/slots", "/metrics", "/lora-adapters"})
 # Routes of Anthropic's Messages API: their clients read errors in Anthropic's shape.
 ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
-KNOWN_PATHS = PROXIED_POST | PROXIED_GET | ui.PATHS | {
+KNOWN_PATHS = PROXIED_POST | PROXIED_GET | ui.PATHS | ollama.PATHS | {
     "/health", "/v1/health", "/models", "/v1/models", "/models/sse", "/models/load",
     "/models/unload", "/llmd/status", "/llmd/logs", "/llmd/page"}
 
@@ -55,13 +57,15 @@ class Router:
         self.metrics = metrics
         self.reload: Callable[[], object] = lambda: None
         self.started = time.time()
+        self.ollama = ollama.OllamaApi(scheduler, proxy.upstream, lambda: self.config.allow_pull)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if await asgi.handled_as_non_http(scope, receive, send):
             return
         started = time.perf_counter()
-        status: dict[str, Any] = {"code": 0, "model": "", "sse": False}
+        status: dict[str, Any] = {"code": 0, "model": "", "sse": False, "ndjson": False}
         anthropic = scope["path"] in ANTHROPIC_PATHS
+        in_ollama = scope["path"].startswith("/api/")  # its clients read {"error": "..."}
         origin, host = asgi.header(scope, b"origin"), asgi.header(scope, b"host")
         cors = origins.cors_headers(origin, host, self.config.cors_origins)
 
@@ -70,9 +74,10 @@ class Router:
                 if cors:
                     message = {**message, "headers": [*message.get("headers", []), *cors]}
                 status["code"] = message["status"]
-                status["sse"] = any(k.lower() == b"content-type"
-                                    and v.startswith(b"text/event-stream")
-                                    for k, v in message.get("headers", []))
+                kind = next((v for k, v in message.get("headers", [])
+                             if k.lower() == b"content-type"), b"")
+                status["sse"] = kind.startswith(b"text/event-stream")
+                status["ndjson"] = kind.startswith(b"application/x-ndjson")
             await send(message)
 
         try:
@@ -82,8 +87,14 @@ class Router:
         except LlmdError as error:
             if status["sse"]:  # a stream cut short ends with an error event, not mid-air
                 await asgi.send_event_error(send, error, anthropic)
+            elif status["ndjson"]:  # Ollama's streams end with an error line
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": json.dumps({"error": error.message}).encode() + b"\n"})
             elif status["code"]:
                 raise  # the response already started; nothing clean left to say
+            elif in_ollama:
+                await asgi.send_json(tracked_send, error.status, {"error": error.message},
+                                     error.headers)
             else:
                 await asgi.send_error(tracked_send, error, anthropic)
         except Exception:  # a bug: say so in the documented format, keep serving
@@ -139,6 +150,10 @@ class Router:
             return await asgi.send_json(send, 200, {"key_required": bool(self.config.api_keys)})
         self._check_key(scope)
         params = asgi.query(scope)
+        if path.startswith("/api/"):
+            body = await self._body(scope, receive) if method in ("POST", "DELETE") else b""
+            with cancelled_on_hangup(scope, send) as send:
+                return await self.ollama.handle(send, method, path, body, status)
         if method == "GET":
             if path in ("/health", "/v1/health"):
                 return await asgi.send_json(send, 200, {"status": "ok"})

@@ -56,8 +56,10 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
                    "booked_mib": model.booked() if model.state in RUNNING else {},
                    "cache_ram_mib": model.cache_ram},
         "ttl": spec.ttl,
-        "ttl_left": (round(max(0.0, model.last_used + spec.ttl - now), 1)
-                     if spec.ttl and model.state is State.LOADED and not model.leases else None),
+        "keep_alive": model.keep_alive,
+        "ttl_left": (round(max(0.0, model.last_used + limit - now), 1)
+                     if (limit := model.idle_limit()) and model.state is State.LOADED
+                     and not model.leases else None),
         "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
         "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
     }

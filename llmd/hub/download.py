@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,45 @@ def find_cached(cache: Path, ref: str) -> tuple[str, str] | None:
     return str(snapshot / model[0].name), str(snapshot / mmproj.name) if mmproj else ""
 
 
+def delete_cached(cache: Path, ref: str) -> list[Path]:
+    """Remove `ref`'s files from the cache: its snapshot links, the blobs no other link
+    uses, and its projector when no other model of the repo is left. Returns what was
+    removed; raises DownloadError when `ref` is not in the cache."""
+    repo, quant = parse_ref(ref)
+    base = repo_dir(cache, repo)
+    snapshots = base / "snapshots"
+    links = [p for p in snapshots.rglob("*.gguf") if p.is_symlink() or p.is_file()]
+    by_snapshot: dict[Path, list[HubFile]] = {}
+    for p in links:
+        snap = next(parent for parent in p.parents if parent.parent == snapshots)
+        by_snapshot.setdefault(snap, []).append(HubFile(str(p.relative_to(snap)), 0, ""))
+    doomed: list[Path] = []
+    for snap, files in by_snapshot.items():
+        try:
+            model, mmproj = pick(files, quant)
+        except DownloadError:
+            continue
+        doomed += [snap / f.name for f in model]
+        others = [f for f in files if "mmproj" not in f.name.lower() and f not in model]
+        if mmproj is not None and not others:
+            doomed.append(snap / mmproj.name)
+    if not doomed:
+        raise DownloadError(f"{ref} is not in the cache")
+    targets = {p: p.resolve() for p in doomed}
+    removed = []
+    for p in doomed:
+        p.unlink()
+        removed.append(p)
+    still = {p.resolve() for p in snapshots.rglob("*") if p.is_symlink()}
+    for blob in set(targets.values()) - still:
+        if blob.is_file() and blob.parent == base / "blobs":
+            blob.unlink()
+            removed.append(blob)
+    if not any(p for p in snapshots.rglob("*.gguf")):
+        shutil.rmtree(base, ignore_errors=True)  # nothing of the repo left: refs and all
+    return removed
+
+
 _QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q\d_K_[SMLX]L?|I?Q\d_K|IQ\d_[A-Z]+|Q\d_\d|TQ\d_\d|"
                     r"MXFP4|BF16|F16|F32)(?![A-Za-z0-9])", re.IGNORECASE)
 
@@ -174,6 +214,10 @@ class Hub:
     def cached(self, ref: str) -> tuple[str, str] | None:
         """(model path, mmproj path) of `ref` if it is already in the cache."""
         return find_cached(self.cache, ref)
+
+    def delete(self, ref: str) -> list[Path]:
+        """Remove `ref` from the cache; raises DownloadError when it is not there."""
+        return delete_cached(self.cache, ref)
 
     async def resolve(self, ref: str) -> Resolved:
         """Ask the hub which files `owner/repo:QUANT` is, at the current commit of main."""

@@ -226,6 +226,45 @@ def read_chat(path: str) -> tuple[str, bool]:
     return (arch if isinstance(arch, str) else ""), values.get(_TEMPLATE, 0) > 0
 
 
+def read_info(path: str) -> dict[str, Any]:
+    """Every key-value pair of the header (an array as None, its length in `arrays`), the
+    chat template and the parameter count, for describing a model (Ollama's /api/show);
+    raises GGUFError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            cur = _Cursor(f, os.fstat(f.fileno()).st_size)
+            cur.need(24)
+            if cur.buf[:4] != b"GGUF":
+                raise _Bad("no GGUF magic")
+            cur.skip(8)
+            n_tensors, n_kv = cur.unpack(_U64), cur.unpack(_U64)
+            cur.guard(n_kv, 12)
+            values: dict[str, Any] = {}
+            arrays: dict[str, int] = {}
+            for _ in range(n_kv):
+                key, vtype = cur.string(), cur.unpack(_U32)
+                if vtype == _ARRAY:
+                    etype, count = cur.unpack(_U32), cur.unpack(_U64)
+                    _skip(cur, etype, count)
+                    values[key], arrays[key] = None, count
+                else:
+                    values[key] = _value(cur, vtype)[0]
+            cur.guard(n_tensors, 8 + 4 + 4 + 8)
+            parameters = 0
+            for _ in range(n_tensors):
+                cur.skip(cur.unpack(_U64))
+                count = 1
+                for _ in range(cur.unpack(_U32)):
+                    count *= cur.unpack(_U64)
+                parameters += count
+                cur.skip(4 + 8)
+    except (OSError, UnicodeDecodeError, _Bad) as exc:
+        raise GGUFError(f"{path}: not a readable GGUF file ({exc})") from None
+    template = values.pop(_TEMPLATE, None)
+    return {"values": values, "arrays": arrays, "parameters": parameters,
+            "template": template if isinstance(template, str) else None}
+
+
 def _arg(args: Sequence[str], names: tuple[str, ...], default: str) -> str:
     value = default
     for i, arg in enumerate(args):

@@ -113,6 +113,14 @@ class Model:
     discard_partial: bool = False  # its download was cancelled on purpose: drop the partial
     file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
     failed_load: tuple[object, LlmdError] | None = None  # (what it depended on, its error)
+    keep_alive: float | None = None  # a client's idle time to keep it (Ollama); None: ttl
+    expiring: int = 0  # the attempt whose idle expiry is being watched
+
+    def idle_limit(self) -> float:
+        """Seconds idle before it is unloaded; 0 for never (a ttl of 0, a keep_alive < 0)."""
+        if self.keep_alive is None:
+            return self.spec.ttl
+        return self.keep_alive if self.keep_alive > 0 else 0.0
 
     def holding(self) -> books.Holding:
         """This model's figures for the books."""

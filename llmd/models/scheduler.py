@@ -6,6 +6,7 @@ decide; the scheduler carries its evictions out.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,7 +22,8 @@ from llmd.models.admission import Admission
 from llmd.hub.download import DownloadError, parse_ref
 from llmd.models.catalog import ModelSpec, file_identity, names
 from llmd.models.events import Broker
-from llmd.errors import LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded, ModelUnloaded
+from llmd.errors import (BadRequest, LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded,
+                         ModelUnloaded, NotFound)
 from llmd.models.model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 from llmd.models.progress import Progress, Queue
 from llmd.models.state import RUNNING, STARTING, State, check
@@ -264,6 +266,32 @@ class Scheduler:
             await model.changed.wait()
         return model
 
+    async def delete(self, name: str) -> list[str]:
+        """Unload a hub model and remove its files from the cache; the files removed.
+
+        Raises BadRequest for a model that is not from a hub, NotFound when its files are
+        not in the cache.
+        """
+        model = self.resolve(name)
+        if not model.spec.hf:
+            raise BadRequest(f"model '{model.spec.name}' is not a hub model in llmd's cache; "
+                             "only those can be deleted")
+        if self.hub is None:
+            raise BadRequest("llmd is offline (offline = true or HF_HUB_OFFLINE=1): its hub "
+                             "cache is left alone")
+        await self._unload(model)
+        try:
+            removed = [str(p) for p in self.hub.delete(model.spec.hf)]
+        except DownloadError as exc:
+            raise NotFound(str(exc)) from None
+        log.info("%s: deleted from the cache (%d files)", model.spec.name, len(removed))
+        model.spec = dataclasses.replace(model.spec, path="", mmproj="")
+        if model.spec.source != "config" and model.state == UNLOADED:  # gone for good
+            self.models.pop(model.spec.name, None)
+            self._names = {k: v for k, v in self._names.items() if v != model.spec.name}
+            self.events.publish({"model": model.spec.name, "event": "model_remove"})
+        return removed
+
     async def _stop_when_drained(self, model: Model) -> None:
         while model.leases and model.state == DRAINING:
             await self.admission.wait_freed()
@@ -329,6 +357,7 @@ class Scheduler:
         model.handle = None
         model.measured = {}
         model.growth, model.cache_ram = {}, None
+        model.keep_alive = None  # a client's keep_alive lasts as long as this run
         model.loaded_at = None
         model.keep = False
         if scope.cancelled_caught:
@@ -376,25 +405,47 @@ class Scheduler:
             prepare.measure(model, self.devices)
         log.info("%s: loaded (pid %d, port %d)", model.spec.name, handle.pid, handle.port)
         self._set(model, LOADED)
-        if model.spec.ttl > 0:
-            self._nursery_start(self._expire_when_idle, model, model.attempt)
+        self._watch_idle(model)
 
     def _touch(self, model: Model) -> None:
         model.activity.set()
         model.activity = trio.Event()
 
+    def _watch_idle(self, model: Model) -> None:
+        """Unload the model once idle for its limit (ttl or keep_alive), if it has one."""
+        if model.idle_limit() > 0 and model.expiring != model.attempt and model.state == LOADED:
+            model.expiring = model.attempt
+            self._nursery_start(self._expire_when_idle, model, model.attempt)
+
     async def _expire_when_idle(self, model: Model, attempt: int) -> None:
-        """Unload the model once it has been idle for its ttl."""
-        while model.state == LOADED and model.attempt == attempt:
-            if model.leases or model.waiters:
-                await model.activity.wait()
-                continue
-            with trio.move_on_at(model.last_used + model.spec.ttl) as idle:
-                await model.activity.wait()
-            if idle.cancelled_caught and model.state == LOADED and model.attempt == attempt:
-                log.info("%s: idle for %gs (ttl); unloading", model.spec.name, model.spec.ttl)
-                await self._unload(model)
-                return
+        """Unload the model once it has been idle for its limit."""
+        try:
+            while model.state in (LOADED, DRAINING) and model.attempt == attempt:
+                limit = model.idle_limit()
+                if model.leases or model.waiters or model.state == DRAINING or not limit:
+                    await model.activity.wait()  # a keep_alive may set a limit meanwhile
+                    continue
+                with trio.move_on_at(model.last_used + limit) as idle:
+                    await model.activity.wait()
+                if idle.cancelled_caught and model.state == LOADED and model.attempt == attempt:
+                    log.info("%s: idle for %gs (%s); unloading", model.spec.name, limit,
+                             "keep_alive" if model.keep_alive is not None else "ttl")
+                    await self._unload(model)
+                    return
+        finally:
+            if model.expiring == attempt:
+                model.expiring = 0
+
+    def keep_alive(self, name: str, seconds: float | None) -> None:
+        """A client's keep_alive (Ollama's): unload the model once idle for `seconds`; 0
+        once its requests are done; negative, never; None, after its configured ttl."""
+        model = self.resolve(name)
+        model.keep_alive = seconds
+        self._touch(model)  # a watcher waiting on activity reads the new limit
+        if seconds == 0 and model.state == LOADED:
+            self._nursery_start(self._unload, model)
+        else:
+            self._watch_idle(model)
 
     def _drain(self, model: Model) -> None:
         """Admission needs this busy model's room: stop it once its requests are done."""

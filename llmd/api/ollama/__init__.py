@@ -1,0 +1,1 @@
+"""Ollama's HTTP API on the router port (routes.py), translated by convert.py."""
