@@ -323,3 +323,34 @@ async def test_min_residency_only_delays_a_load_waiting_for_an_idle_model(autoju
         await use(s, "b")  # "a" is idle, but was loaded less than 5 s ago
         assert trio.current_time() - loaded >= 5
     assert launcher.launches == ["a", "b"]
+
+
+async def test_keep_alive_sets_how_long_an_idle_model_stays(autojump_clock):
+    s = Scheduler(specs("a", ttl=60), FakeLauncher())
+    async with running(s):
+        await use(s, "a")
+        s.keep_alive("a", 5)
+        await trio.sleep(6)
+        assert s.models["a"].state == "unloaded"  # 5 s, not its ttl of 60
+        await use(s, "a")
+        s.keep_alive("a", -1)
+        await trio.sleep(120)
+        assert s.models["a"].state == "loaded"  # negative: kept past its ttl
+        s.keep_alive("a", None)  # back to its ttl
+        await trio.sleep(61)
+        assert s.models["a"].state == "unloaded"
+
+
+async def test_keep_alive_zero_unloads_once_its_requests_are_done(autojump_clock):
+    s = Scheduler(specs("a"), FakeLauncher())
+    async with running(s) as n:
+        await use(s, "a")
+        n.start_soon(use, s, "a", 10)
+        await trio.sleep(1)
+        s.keep_alive("a", 0)
+        await trio.sleep(1)
+        assert s.models["a"].state == "draining"  # the request in flight finishes first
+        await trio.sleep(10)
+        assert s.models["a"].state == "unloaded"
+        await use(s, "a")
+        assert s.models["a"].keep_alive is None  # it lasted one run
