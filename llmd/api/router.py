@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -57,7 +58,12 @@ class Router:
         self.metrics = metrics
         self.reload: Callable[[], object] = lambda: None
         self.started = time.time()
-        self.ollama = ollama.OllamaApi(scheduler, proxy.upstream, lambda: self.config.allow_pull)
+
+    @functools.cached_property
+    def ollama(self) -> ollama.OllamaApi:
+        """The /api/* routes, made on first use."""
+        return ollama.OllamaApi(self.scheduler, self.proxy.upstream,
+                                lambda: self.config.allow_pull)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if await asgi.handled_as_non_http(scope, receive, send):
