@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from llmd.models import prepare
+from llmd.models import idle, prepare, reporting
 from llmd.api import status
 from llmd.models.admission import Admission
 from llmd.hub.download import DownloadError, parse_ref
@@ -42,7 +41,6 @@ UNLOADED, DOWNLOADING, ESTIMATING, QUEUED, LOADING, LOADED, DRAINING = (
     State.UNLOADED, State.DOWNLOADING, State.ESTIMATING, State.QUEUED, State.LOADING,
     State.LOADED, State.DRAINING)
 _MEASURE_EVERY = 2.0  # seconds between measurements of a child's real use
-PROGRESS_EVERY = 0.25  # seconds between progress events within one step of a load
 
 
 class Scheduler:
@@ -378,7 +376,8 @@ class Scheduler:
         log.info("%s: loading", name)
         result = await self._launcher(
             prepare.launch_spec(model), lambda h: self._ready(model, h),
-            lambda pid: self._nursery_start(self._watch_load, model, attempt, pid))
+            lambda pid: self._nursery_start(reporting.watch_load, model, attempt, pid,
+                                            self.resident, self.progressed))
         if result.ready:
             log.warning("%s: %s", name, result.reason)
             if result.code not in (0, None):
@@ -415,26 +414,7 @@ class Scheduler:
         """Unload the model once idle for its limit (ttl or keep_alive), if it has one."""
         if model.idle_limit() > 0 and model.expiring != model.attempt and model.state == LOADED:
             model.expiring = model.attempt
-            self._nursery_start(self._expire_when_idle, model, model.attempt)
-
-    async def _expire_when_idle(self, model: Model, attempt: int) -> None:
-        """Unload the model once it has been idle for its limit."""
-        try:
-            while model.state in (LOADED, DRAINING) and model.attempt == attempt:
-                limit = model.idle_limit()
-                if model.leases or model.waiters or model.state == DRAINING or not limit:
-                    await model.activity.wait()  # a keep_alive may set a limit meanwhile
-                    continue
-                with trio.move_on_at(model.last_used + limit) as idle:
-                    await model.activity.wait()
-                if idle.cancelled_caught and model.state == LOADED and model.attempt == attempt:
-                    log.info("%s: idle for %gs (%s); unloading", model.spec.name, limit,
-                             "keep_alive" if model.keep_alive is not None else "ttl")
-                    await self._unload(model)
-                    return
-        finally:
-            if model.expiring == attempt:
-                model.expiring = 0
+            self._nursery_start(idle.expire, model, model.attempt, self._unload)
 
     def keep_alive(self, name: str, seconds: float | None) -> None:
         """A client's keep_alive (Ollama's): unload the model once idle for `seconds`; 0
@@ -534,56 +514,18 @@ class Scheduler:
             model.evicting = False
             self.admission.freed()
         data = status.event_data(self.describe(model)["status"])
-        load = model.load
-        if load is not None and (state in STARTING or old in STARTING):
-            if state in STARTING or state == LOADED:
-                load.enter(state.value)
-            elif not load.ended:  # its run ended before the model was ready
-                failed = model.error is not None and model.error[0] == model.attempt
-                load.enter("failed" if failed else "cancelled")
-            data["load"] = load.to_json()
-            data["progress"] = load.llama_cpp()
-            model.progress_sent = trio.current_time()
+        reporting.on_state_change(model, old, data)
         self.events.publish({"model": model.spec.name, "event": "status_change", "data": data})
 
     def _queued(self, model: Model, queue: Queue) -> None:
         """Admission moved the model in its queue: a change worth an event at once."""
         if model.load is not None and model.load.queue != queue:
             model.load.queued(queue)
-            model.progress_sent = -math.inf
-            self.progressed(model)
+            reporting.in_step(self.events, model, now=True)
 
     def progressed(self, model: Model) -> None:
-        """Publish how far the model's load has come within its step, a few times a second
-        at most; state changes are published as they happen (_set)."""
-        now = trio.current_time()
-        load = model.load
-        if load is None or load.ended or now - model.progress_sent < PROGRESS_EVERY:
-            return
-        model.progress_sent = now
-        if model.state == DOWNLOADING and load.download is not None:
-            # llama.cpp's router shape ({"progress": {source: {done, total}}}), and llmd's.
-            d = load.download
-            self.events.publish({"model": model.spec.name, "event": "download_progress", "data": {
-                "progress": {model.spec.hf: {"done": d["done"], "total": d["total"]}},
-                **d, "load": load.to_json()}})
-        else:
-            self.events.publish({"model": model.spec.name, "event": "status_change", "data": {
-                "status": model.state.wire, "progress": load.llama_cpp(),
-                "load": load.to_json()}})
-
-    async def _watch_load(self, model: Model, attempt: int, pid: int) -> None:
-        """While the child loads, follow its resident memory against the model's size."""
-        expected = prepare.expected_mib(model.spec)
-        while model.state == LOADING and model.attempt == attempt and model.load is not None:
-            # /proc/PID/status (and NVML's process list, with GPUs): well under a ms.
-            resident = self.resident(pid)
-            if resident is None:
-                return
-            model.load.resident(resident, expected)
-            self.progressed(model)
-            with trio.move_on_after(PROGRESS_EVERY):
-                await model.changed.wait()
+        """Publish how far the model's load has come within its step (rate-bounded)."""
+        reporting.in_step(self.events, model)
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """A channel of state-change events; it is closed if its reader falls behind."""

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from llmd.models.catalog import ModelSpec
 from llmd.models.progress import Progress, Queue
-from llmd.models.scheduler import PROGRESS_EVERY, Scheduler
+from llmd.models.reporting import PROGRESS_EVERY
+from llmd.models.scheduler import Scheduler
 from tests.fakes.launcher import Behaviour, FakeLauncher
 from tests.unit.test_scheduler import running, use
 
