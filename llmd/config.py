@@ -31,6 +31,8 @@ class ModelConfig:
     load_on_startup: bool = False
     priority: int = 0
     loading_feedback: bool | None = None  # None: the global setting
+    max_queue: int | None = None  # None: the global max_queue
+    max_wait: float | None = None  # None: the global max_wait
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Config:
     allow_pull: bool = False
     offline: bool = False
     loading_feedback: bool = False  # narrate a load inside a streaming chat's own stream
+    max_queue: int = 512  # requests that may wait for one model; one more gets 429
+    max_wait: float = -1  # seconds a request may wait for its model; -1: drain_timeout's
     models: tuple[ModelConfig, ...] = field(default_factory=tuple)
     # Resolved at start-up from the environment, not keys of the file:
     hub_cache: str = field(default="", metadata={"from_env": True})
@@ -104,6 +108,8 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "allow_pull": ((bool,), bool),
     "offline": ((bool,), bool),
     "loading_feedback": ((bool,), bool),
+    "max_queue": ((int,), int),
+    "max_wait": ((int, float), float),
 }
 _LISTS = {"args", "api_keys", "cors_origins", "allowed_hosts"}
 _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -115,9 +121,11 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "load_on_startup": ((bool,), bool),
     "priority": ((int,), int),
     "loading_feedback": ((bool,), bool),
+    "max_queue": ((int,), int),
+    "max_wait": ((int, float), float),
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
-_NON_NEGATIVE = {"models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",
+_NON_NEGATIVE = {"max_queue", "models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",
                  "min_residency",
                  "estimate_timeout",
                  "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl",

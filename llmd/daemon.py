@@ -210,6 +210,7 @@ class Reloader:
                                        min_residency=config.min_residency,
                                        cache_ram_mib=config.cache_ram_mib)
         self.scheduler.default_args, self.scheduler.allow_pull = config.args, config.allow_pull
+        self.scheduler.max_queue, self.scheduler.max_wait = config.max_queue, config.max_wait
         for app in self.apps:
             app.config = config
         self.config = config
@@ -304,6 +305,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                   min_residency=config.min_residency,
                                   hub=hub, default_args=config.args,
                                   allow_pull=config.allow_pull,
+                                  max_queue=config.max_queue, max_wait=config.max_wait,
                                   binary=lambda: identity(config.llama_server),
                                   **memory_accounting(config))
             limits = {app: server.Limit(config.max_connections or 1 << 30)
@@ -330,6 +332,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                     notifier.send("READY=1", f"STATUS={status_line(scheduler)}")
                     nursery.start_soon(_report_status, scheduler, notifier)
                     await shutdown.wait()
+                    scheduler.closing = True  # /health says so to gateways at once
                     notifier.send("STOPPING=1", "STATUS=stopping: finishing requests in flight")
                     nursery.start_soon(_end_requests, scheduler, config.shutdown_timeout)
                 log.info("listeners closed; stopping children")

@@ -122,6 +122,26 @@ class NoRoom(Unavailable):
         super().__init__(message, headers={"retry-after": str(retry_after)})
 
 
+class QueueFull(LlmdError):
+    """As many requests wait for the model as max_queue allows: this one is refused at once."""
+
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, name: str, waiting: int, retry_after: int) -> None:
+        super().__init__(f"model '{name}' has {waiting} requests waiting (max_queue); try "
+                         "again later or another host", headers={"retry-after": str(retry_after)})
+
+
+class NotSoon(Unavailable):
+    """The model could serve this request only after a longer wait than the request allows
+    (max_wait, or the X-Llmd-Max-Wait header)."""
+
+    def __init__(self, name: str, why: str, retry_after: int) -> None:
+        super().__init__(f"model '{name}' can't serve this request within its wait bound: "
+                         f"{why}", headers={"retry-after": str(retry_after)})
+
+
 class TooBig(LlmdError):
     """The model can't fit on this machine even with every other model unloaded."""
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
+from llmd.models import waits
 from llmd.models.state import State
 
 if TYPE_CHECKING:
+    from llmd.api.child_metrics import ChildFigures
     from llmd.server import Limit
     from llmd.models.scheduler import Scheduler
 
@@ -35,8 +37,10 @@ class Metrics:
         self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def render(self, scheduler: Scheduler, upstream_retries: int = 0) -> str:
-        """The metrics in Prometheus text format."""
+    def render(self, scheduler: Scheduler, upstream_retries: int = 0,
+               children: Mapping[str, ChildFigures] | None = None) -> str:
+        """The metrics in Prometheus text format; `children`: what the loaded children
+        reported (child_metrics.scrape)."""
         lines = ["# HELP llmd_requests_total Requests answered by the router.",
                  "# TYPE llmd_requests_total counter"]
         for (model, path, status), n in sorted(self.requests.items()):
@@ -54,10 +58,17 @@ class Metrics:
                 ("loaded", "Whether a model is loaded (1) or not (0).",
                  lambda m: int(m.state is State.LOADED)),
                 ("leases", "Requests in flight per model.", lambda m: m.leases),
-                ("waiters", "Requests waiting for a model to be loaded.", lambda m: m.waiters)):
+                ("waiters", "Requests waiting for a model to be loaded.", lambda m: m.waiters),
+                ("requests_waiting", "Requests waiting in llmd for a model: for its load, or "
+                 "beyond its child's slots (what max_queue bounds).", waits.waiting),
+                ("requests_running", "Requests a model is serving (leases).",
+                 lambda m: m.leases),
+                ("slots", "Requests a model's child serves at once (0: not loaded).",
+                 lambda m: (m.handle.slots or 0) if m.handle is not None else 0)):
             lines += [f"# HELP llmd_model_{metric} {text}", f"# TYPE llmd_model_{metric} gauge"]
             lines += [f'llmd_model_{metric}{{model="{_label(name)}"}} {value(model)}'
                       for name, model in scheduler.models.items()]
+        lines += _children(children or {})
         models = scheduler.models.values()
         lines += ["# HELP llmd_in_flight Requests being served by children.",
                   "# TYPE llmd_in_flight gauge", f"llmd_in_flight {sum(m.leases for m in models)}",
@@ -86,6 +97,27 @@ class Metrics:
                       "max_connections.", "# TYPE llmd_connections_refused_total counter",
                       f"llmd_connections_refused_total {self.connections.refused}"]
         return "\n".join(lines) + "\n"
+
+
+_CHILD_FIGURES = (
+    ("requests_waiting", "waiting", "Requests queued inside the model's child "
+     "(llama-server's requests_deferred)."),
+    ("requests_running", "running", "Requests the model's child is processing "
+     "(llama-server's requests_processing)."),
+    ("kv_cache_usage_ratio", "kv_used", "Share of the child's KV cache its busy slots hold "
+     "(from its /slots), 0 to 1."),
+)
+
+
+def _children(children: Mapping[str, ChildFigures]) -> list[str]:
+    lines = []
+    for metric, attr, text in _CHILD_FIGURES:
+        lines += [f"# HELP llmd_child_{metric} {text}", f"# TYPE llmd_child_{metric} gauge"]
+        for name, figures in sorted(children.items()):
+            value = getattr(figures, attr)
+            if value is not None:
+                lines.append(f'llmd_child_{metric}{{model="{_label(name)}"}} {value:g}')
+    return lines
 
 
 _DEVICE_FIGURES = (

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from llmd.api import asgi, feedback, follow, ui
+from llmd.api import asgi, child_metrics, feedback, follow, ui
 from llmd.api.ollama import routes as ollama
 from llmd.api import origins
 from llmd.api.asgi import Receive, Scope, Send
@@ -38,6 +38,23 @@ ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 KNOWN_PATHS = PROXIED_POST | PROXIED_GET | ui.PATHS | ollama.PATHS | {
     "/health", "/v1/health", "/models", "/v1/models", "/models/sse", "/models/load",
     "/models/unload", "/llmd/status", "/llmd/logs", "/llmd/page"}
+
+
+MAX_WAIT_HEADER = b"x-llmd-max-wait"
+
+
+def _max_wait(scope: Scope) -> float | None:
+    """The request's own wait bound (X-Llmd-Max-Wait: seconds); BadRequest if not a number."""
+    given = asgi.header(scope, MAX_WAIT_HEADER)
+    if given is None:
+        return None
+    try:
+        seconds = float(given)
+    except ValueError:
+        raise BadRequest("X-Llmd-Max-Wait must be a number of seconds") from None
+    if seconds != seconds or seconds < 0:  # NaN, or negative
+        raise BadRequest("X-Llmd-Max-Wait must be a number of seconds, 0 or more")
+    return seconds
 
 
 def autoload_of(params: dict[str, str], default: bool) -> bool:
@@ -162,6 +179,9 @@ class Router:
                 return await self.ollama.handle(send, method, path, body, status)
         if method == "GET":
             if path in ("/health", "/v1/health"):
+                if self.scheduler.closing:  # a gateway should send work elsewhere now
+                    return await asgi.send_json(send, 503, {"status": "shutting down"},
+                                                {"retry-after": "5"})
                 return await asgi.send_json(send, 200, {"status": "ok"})
             if path in ("/models", "/v1/models"):
                 if params.get("reload"):
@@ -194,7 +214,10 @@ class Router:
             if path == "/props":
                 return await asgi.send_json(send, 200, self._props())
             if path == "/metrics":
-                text = self.metrics.render(self.scheduler, self.proxy.retries)
+                # Only loaded children are asked, and only for SCRAPE_TIMEOUT at most.
+                children = await child_metrics.scrape(self.proxy.upstream,
+                                                      list(self.scheduler.models.values()))
+                text = self.metrics.render(self.scheduler, self.proxy.retries, children)
                 return await asgi.send_text(send, 200, text, b"text/plain; version=0.0.4")
             if path in PROXIED_GET:
                 raise BadRequest("model name is missing from the request")
@@ -219,6 +242,7 @@ class Router:
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes,
                      autoload: bool, request: dict[str, Any] | None = None) -> None:
         method, path, query = scope["method"], scope["path"], scope.get("query_string", b"")
+        max_wait = _max_wait(scope)
         with cancelled_on_hangup(scope, send) as send:
             target = self._narrate(scope, model, request or {}) if autoload else None
             if target is not None:
@@ -226,9 +250,11 @@ class Router:
                     await self.proxy.forward_body(into, method, handle.base_url, path, query,
                                                   scope["headers"], body)
                 return await feedback.narrated(
-                    send, target, model, lambda: self.scheduler.lease(model, autoload=autoload),
+                    send, target, model,
+                    lambda: self.scheduler.lease(model, autoload=autoload, max_wait=max_wait),
                     forward, anthropic=path in ANTHROPIC_PATHS)
-            async with self.scheduler.lease(model, autoload=autoload) as handle:
+            async with self.scheduler.lease(model, autoload=autoload,
+                                            max_wait=max_wait) as handle:
                 await self.proxy.forward(send, method, handle.base_url, path, query,
                                          scope["headers"], body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -65,6 +66,7 @@ class Child:
         self.output: collections.deque[str] = collections.deque(maxlen=max(1, log_lines))
         self.lines_total = 0  # lines printed so far, including those the deque let go
         self.announced = False  # it printed that it listens on its port
+        self.slots: int | None = None  # requests it serves at once (its /props total_slots)
         self._announcement = f"listening on {self.base_url}"
         self.returncode: int | None = None
         self.exited = trio.Event()
@@ -174,7 +176,9 @@ def spawn(name: str, argv: Sequence[str], *, log_lines: int, cache_dir: str = ""
     try:
         # Popen runs here, in the trio thread, on purpose: see _die_with_parent.
         popen = subprocess.Popen(
-            [*argv, "--host", "127.0.0.1", "--port", str(port)],
+            # --metrics: what a gateway's picker reads through llmd's /metrics.
+            [*argv, *(() if "--metrics" in argv else ("--metrics",)),
+             "--host", "127.0.0.1", "--port", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
@@ -209,6 +213,25 @@ async def healthy(upstream: Upstream, base_url: str) -> bool:
         except UpstreamBroken:
             pass
     return False
+
+
+async def total_slots(upstream: Upstream, base_url: str) -> int | None:
+    """How many requests the child serves at once (total_slots in its /props); None when it
+    does not say within 5 s."""
+    with trio.move_on_after(5):
+        try:
+            response = await upstream.request("GET", base_url, "/props", (), b"")
+            body = b""
+            try:
+                while chunk := await response.read():
+                    body += chunk
+            finally:
+                response.close()
+            slots = json.loads(body).get("total_slots") if response.status == 200 else None
+            return slots if isinstance(slots, int) and slots > 0 else None
+        except (UpstreamBroken, ValueError, AttributeError):
+            pass
+    return None
 
 
 async def wait_ready(child: Child, upstream: Upstream) -> None:
@@ -292,6 +315,8 @@ async def _run(child: Child, on_ready: Callable[[Child], None], *, upstream: Ups
         except ChildExited as exc:
             return Exit(exc.code, f"llama-server exited with code {exc.code} while loading",
                         list(child.output), False)
+        # What max_queue counts as waiting: requests beyond these (one request, ~1 ms).
+        child.slots = await total_slots(upstream, child.base_url)
         on_ready(child)
         await child.exited.wait()
     code = child.returncode

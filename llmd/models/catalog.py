@@ -31,6 +31,8 @@ class ModelSpec:
     source: str = "models_dir"
     hf: str = ""  # owner/repo[:QUANT] to download when `path` is not there yet
     loading_feedback: bool | None = None  # None: the global loading_feedback
+    max_queue: int | None = None  # None: the global max_queue
+    max_wait: float | None = None  # None: the global max_wait
 
     def child_args(self) -> tuple[str, ...]:
         """Arguments for llama-server, without host and port."""
@@ -124,6 +126,8 @@ def _from_config(config: Config, model: ModelConfig,
         load_on_startup=model.load_on_startup,
         priority=model.priority,
         loading_feedback=model.loading_feedback,
+        max_queue=model.max_queue,
+        max_wait=model.max_wait,
         source="config",
     )
 

@@ -23,6 +23,7 @@ class Handle(Protocol):
     port: int
     base_url: str
     lines_total: int  # output lines printed so far
+    slots: int | None  # requests it serves at once (llama-server's total_slots), if known
 
     def tail(self, n: int = 20) -> list[str]: ...
 
@@ -95,7 +96,11 @@ class Model:
     error: tuple[int, LlmdError] | None = None  # (attempt, what its waiters get)
     scope: trio.CancelScope | None = None
     changed: trio.Event = field(default_factory=trio.Event)
-    lease_scopes: set[trio.CancelScope] = field(default_factory=set)
+    # Each request in flight: its scope (cancelled by a forced unload) and when it began.
+    lease_scopes: dict[trio.CancelScope, float] = field(default_factory=dict)
+    request_seconds: float | None = None  # how long its requests take, smoothed (waits.py)
+    load_seconds: float | None = None  # how long its child takes to load, smoothed
+    loading_since: float | None = None  # when its child was started, while it loads
     output: list[str] = field(default_factory=list)  # the last child's output, kept after it ends
     need: dict[str, int] = field(default_factory=dict)  # MiB per device, estimated
     need_source: str = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -15,14 +16,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from llmd.models import idle, prepare, reporting
+from llmd.models import idle, prepare, reporting, waits
 from llmd.api import status
 from llmd.models.admission import Admission
 from llmd.hub.download import DownloadError, parse_ref
 from llmd.models.catalog import ModelSpec, file_identity, names
 from llmd.models.events import Broker
 from llmd.errors import (BadRequest, LlmdError, ModelFailed, ModelNotFound, ModelNotLoaded,
-                         ModelUnloaded, NotFound)
+                         ModelUnloaded, NotFound, NotSoon, QueueFull)
 from llmd.models.model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 from llmd.models.progress import Progress, Queue
 from llmd.models.state import RUNNING, STARTING, State, check
@@ -60,6 +61,8 @@ class Scheduler:
         default_args: tuple[str, ...] = (),
         allow_pull: bool = False,
         cache_ram_mib: int = 0,
+        max_queue: int = 512,
+        max_wait: float = -1,
         binary: Callable[[], object] = lambda: None,
         resident: Callable[[int], int | None] | None = None,
     ) -> None:
@@ -75,8 +78,11 @@ class Scheduler:
         self.hub = hub  # download.Hub, or None when offline
         self.default_args = default_args  # for hub models named in a request or llmctl
         self.allow_pull = allow_pull  # may router requests name hub models not configured?
+        self.max_queue = max_queue  # requests that may wait for one model (waits.waiting)
+        self.max_wait = max_wait  # seconds a request may wait for its model; < 0: no bound
         self.loads = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
+        self.closing = False  # llmd is shutting down: requests in flight finish, no new work
         self.stopping = False  # set by end_requests(): llmd is shutting down
         self.binary = binary  # the llama-server build's identity: a new one may load what failed
         self._nursery: trio.Nursery | None = None
@@ -122,22 +128,33 @@ class Scheduler:
     # ---- leases ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, name: str, *, autoload: bool = True) -> AsyncIterator[Handle]:
-        """Hold a ready model for one request; it can't be evicted until the block exits."""
+    async def lease(self, name: str, *, autoload: bool = True,
+                    max_wait: float | None = None) -> AsyncIterator[Handle]:
+        """Hold a ready model for one request; it can't be evicted until the block exits.
+
+        Raises QueueFull when max_queue requests wait for the model already, and NotSoon
+        when it won't be ready within `max_wait` seconds (else the model's or llmd's
+        max_wait; negative: no bound).
+        """
         model = self.resolve(name, status=400, pull=self.allow_pull)
-        await self._until_loaded(model, autoload=autoload)
+        self._check_queue(model)
+        if max_wait is None:
+            max_wait = model.spec.max_wait if model.spec.max_wait is not None else self.max_wait
+        await self._until_loaded(model, autoload=autoload, max_wait=max_wait)
         assert model.handle is not None
         model.leases += 1
-        model.last_used = trio.current_time()
+        model.last_used = started = trio.current_time()
         self._touch(model)
         with trio.CancelScope() as scope:
-            model.lease_scopes.add(scope)
+            model.lease_scopes[scope] = started
             try:
                 yield model.handle
             finally:
-                model.lease_scopes.discard(scope)
+                del model.lease_scopes[scope]
                 model.leases -= 1
                 model.last_used = trio.current_time()
+                model.request_seconds = waits.smooth(model.request_seconds,
+                                                     model.last_used - started)
                 self._touch(model)
                 if model.last_used - model.measured_at >= _MEASURE_EVERY:
                     model.measured_at = model.last_used
@@ -149,6 +166,20 @@ class Scheduler:
                                 "stopped: llmd is shutting down" if self.stopping else
                                 "was unloaded")
 
+    def _check_queue(self, model: Model) -> None:
+        """Refuse a request at once when max_queue requests wait for the model already."""
+        limit = model.spec.max_queue if model.spec.max_queue is not None else self.max_queue
+        queued = waits.waiting(model)
+        if model.state == UNLOADED:
+            return  # it starts the load; the requests after it queue behind it
+        if model.state == LOADED and model.handle is not None and (
+                model.handle.slots is None or model.leases < model.handle.slots):
+            return  # a free slot (or llmd can't tell): served at once, waits for nothing
+        if queued >= limit:
+            now = trio.current_time()
+            wait = waits.queue_wait(model, self.models, self.admission.min_residency, now)
+            raise QueueFull(model.spec.name, queued, waits.retry_after(wait))
+
     def end_requests(self) -> None:
         """Cancel every request in flight, for a shutdown that can wait no longer."""
         self.stopping = True
@@ -156,8 +187,11 @@ class Scheduler:
             for scope in list(model.lease_scopes):
                 scope.cancel()
 
-    async def _until_loaded(self, model: Model, *, autoload: bool, keep: bool = False) -> None:
+    async def _until_loaded(self, model: Model, *, autoload: bool, keep: bool = False,
+                            max_wait: float = -1) -> None:
         attempt = None
+        bounded = max_wait >= 0
+        deadline = trio.current_time() + max_wait if bounded else math.inf
         model.waiters += 1
         try:
             while model.state != LOADED:
@@ -173,8 +207,15 @@ class Scheduler:
                     attempt = self._start(model, keep=keep)
                 elif model.state in STARTING:
                     attempt = model.attempt
-                await model.changed.wait()
-        except trio.Cancelled:
+                if bounded:
+                    self._within(model, deadline)
+                # A bounded wait also wakes for progress: where the load queues, and why.
+                load = model.load
+                changed = (load.changed if bounded and load is not None and not load.ended
+                           else model.changed)
+                with trio.move_on_at(deadline):
+                    await changed.wait()
+        except (trio.Cancelled, NotSoon):
             if (model.waiters == 1 and not model.keep and model.state in STARTING
                     and model.scope is not None):
                 log.info("%s: last waiting client left; cancelling its load", model.spec.name)
@@ -185,6 +226,18 @@ class Scheduler:
             raise
         finally:
             model.waiters -= 1
+
+    def _within(self, model: Model, deadline: float) -> None:
+        """Raise NotSoon when the model won't be ready by `deadline`, as far as llmd can
+        tell (or it has passed)."""
+        now = trio.current_time()
+        found = waits.expected(model, self.models, self.admission.min_residency, now)
+        if found is not None and found[0] > deadline - now:
+            raise NotSoon(model.spec.name, f"{found[1]}; likely ready in {found[0]:.0f}s",
+                          waits.retry_after(found[0]))
+        if now >= deadline:
+            raise NotSoon(model.spec.name, "not ready in time",
+                          waits.retry_after(found[0] if found else None))
 
     def _outcome(self, model: Model, attempt: int) -> LlmdError:
         if model.error is not None and model.error[0] == attempt:
@@ -372,6 +425,7 @@ class Scheduler:
             self._set(model, QUEUED)
         await self.admission.admit(model)
         self._set(model, LOADING)
+        model.loading_since = trio.current_time()
         self.loads += 1
         log.info("%s: loading", name)
         result = await self._launcher(
@@ -398,6 +452,10 @@ class Scheduler:
         model.handle = handle
         model.failure = None
         model.loaded_at = trio.current_time()
+        if model.loading_since is not None:
+            model.load_seconds = waits.smooth(model.load_seconds,
+                                              model.loaded_at - model.loading_since)
+            model.loading_since = None
         model.last_used = model.loaded_at
         if self.devices is not None:
             model.measured_at = model.loaded_at

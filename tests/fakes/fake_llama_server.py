@@ -69,11 +69,39 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._json(503, {"error": {"code": 503, "message": "Loading model"}})
         elif self.path.startswith("/props"):
-            self._json(200, {"model_alias": args.alias, "pid": os.getpid()})
+            self._json(200, {"model_alias": args.alias, "pid": os.getpid(),
+                             "total_slots": SLOTS})
+        elif self.path.startswith("/metrics"):
+            text = (f"llamacpp:requests_processing {counts['processing']}\n"
+                    f"llamacpp:requests_deferred {counts['deferred']}\n")
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path.startswith("/slots"):
+            self._json(200, [{"id": i, "n_ctx": 1000, "is_processing": i < counts["processing"],
+                              "n_prompt_tokens": 100, "next_token": [{"n_decoded": 50}]}
+                             for i in range(SLOTS)])
         else:
             self._json(404, {"error": {"code": 404, "message": "not found"}})
 
     def do_POST(self) -> None:
+        # As llama-server: SLOTS requests at a time, the rest deferred until a slot frees.
+        with lock:
+            counts["deferred"] += 1
+        with slots:
+            with lock:
+                counts["deferred"] -= 1
+                counts["processing"] += 1
+            try:
+                self._post()
+            finally:
+                with lock:
+                    counts["processing"] -= 1
+
+    def _post(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
         drop = behaviour.get("drop_every")
@@ -110,6 +138,12 @@ class Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+SLOTS = int(behaviour.get("slots", 4))
+slots = threading.Semaphore(SLOTS)
+lock = threading.Lock()
+counts = {"processing": 0, "deferred": 0}
 
 
 class Server(ThreadingHTTPServer):

@@ -19,6 +19,7 @@ class FakeHandle:
     code: int | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     lines_total: int = 1
+    slots: int | None = None
 
     async def wait_activity(self) -> None:
         await self.exited.wait()

@@ -8,6 +8,7 @@ import pytest
 
 from llmd.config import parse
 from llmd.errors import Unauthorized
+from llmd.api.metrics import Metrics
 from llmd.api.router import Router
 
 
@@ -38,3 +39,23 @@ def test_health_needs_no_key_and_an_empty_key_is_refused():
     router._check_key(scope({}, "/health"))
     with pytest.raises(Unauthorized):
         router._check_key(scope({"x-api-key": ""}))
+
+
+async def test_health_says_503_while_llmd_shuts_down():
+    class Closing:
+        closing = True
+        models: dict = {}
+
+    router = Router(parse({}), Closing(), None, Metrics())  # type: ignore[arg-type]
+    sent: list = []
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/health", "headers": [],
+             "query_string": b"", "server": ("127.0.0.1", 8080)}
+    await router(scope, receive, send)
+    assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
