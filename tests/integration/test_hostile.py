@@ -75,7 +75,9 @@ def assert_unharmed(d: Llmd) -> None:
         assert argv[5:5 + len(configured)] == configured, argv
         # llmd's own, and only these: no --fit pass, the prompt cache it booked, and last
         # a chat template from its table for a GGUF that has none.
-        added = argv[5 + len(configured):-4]
+        # --metrics (for a gateway's picker through llmd's /metrics), then host and port.
+        assert argv[-5:-1] == ["--metrics", "--host", "127.0.0.1", "--port"], argv
+        added = argv[5 + len(configured):-5]
         for arch in chat_template.CHOICES:
             chosen = list(chat_template.decide([], (arch, False)).args)
             if added[-len(chosen):] == chosen:
@@ -84,7 +86,6 @@ def assert_unharmed(d: Llmd) -> None:
         pairs = list(zip(added[::2], added[1::2]))
         assert all(p == ("--fit", "off") or (p[0] == "--cache-ram" and p[1].isdigit())
                    for p in pairs) and len(added) == 2 * len(pairs), argv
-        assert argv[-4:-1] == ["--host", "127.0.0.1", "--port"], argv
 
 
 json_values = st.recursive(

@@ -54,7 +54,7 @@ def test_the_readme_request_gets_the_models_own_words(daemon, llama_server, gemm
 
     # The child runs with llmd's template; status and the log say that llmd chose it.
     model = d.models()["gemma3-270m"]
-    assert child_argv(model["pid"])[-9:-4] == list(
+    assert child_argv(model["pid"])[-10:-5] == list(
         chat_template.decide([], ("gemma3", False)).args)
     assert model["chat_template"]["source"] == "llmd"
     shown = d.llmctl("status", "gemma3-270m").stdout
