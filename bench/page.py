@@ -14,27 +14,21 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-import tomli_w
 import trio
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from llmd.config import resolve_llama_server  # noqa: E402
+from soak import MODELS, start_llmd  # noqa: E402
 from tests import load  # noqa: E402
-from tests.fakes import tiny_gguf  # noqa: E402
-from tests.helpers import free_port, healthy, wait_until  # noqa: E402
-
-MODELS = ["red", "green", "blue"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -60,27 +54,9 @@ def one_load(url: str, pid: int) -> tuple[float, float, int]:
 
 
 def main(rounds: int, pages: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="llmd-page-"))
-    models = tmp / "models"
-    models.mkdir()
-    for i, name in enumerate(MODELS):
-        tiny_gguf.write(models / f"{name}.gguf", layers=2, width=128, seed=i)
-    port = free_port()
-    config = tmp / "llmd.toml"
-    config.write_text(tomli_w.dumps({
-        "listen": f"127.0.0.1:{port}", "control_socket": str(tmp / "ctl.sock"),
-        "models_dir": str(models), "llama_server": resolve_llama_server("", os.environ),
-        "models_max": 2, "drain_timeout": 30, "state_dir": str(tmp / "state"),
-        "args": ["--ctx-size", "2048", "--threads", "2", "--parallel", "8"]}))
-    proc = subprocess.Popen([sys.executable, "-m", "llmd", "--config", str(config),
-                             "--log-level", "warning"], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_llmd(Path(tempfile.mkdtemp(prefix="llmd-page-")))
     results: dict[str, list[tuple[float, float, int]]] = {"without": [], "with": []}
     try:
-        wait_until(lambda: healthy(url), 60, "llmd")
-        for m in MODELS:
-            httpx.post(url + "/v1/completions", timeout=120,
-                       json={"model": m, "prompt": "a", "max_tokens": 1}).raise_for_status()
         for _ in range(rounds):
             results["without"].append(one_load(url, proc.pid))
             open_pages = [browser() for _ in range(pages)]

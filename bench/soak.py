@@ -36,8 +36,9 @@ MODELS = ["red", "green", "blue"]
 CLIENTS = 200
 
 
-def main(seconds: float) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="llmd-soak-"))
+def start_llmd(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """llmd on three generated models with room for two, as the load test runs it; its
+    process and URL once it answers, each model warmed up once."""
     models = tmp / "models"
     models.mkdir()
     for i, name in enumerate(MODELS):
@@ -57,6 +58,16 @@ def main(seconds: float) -> None:
         for m in MODELS:
             httpx.post(url + "/v1/completions", timeout=120,
                        json={"model": m, "prompt": "a", "max_tokens": 1}).raise_for_status()
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
+
+
+def main(seconds: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="llmd-soak-"))
+    proc, url = start_llmd(tmp)
+    try:
         baseline = load.rss_mib(proc.pid)
         start = time.monotonic()
         tally = trio.run(lambda: load.run(url, MODELS, clients=CLIENTS, seconds=seconds,

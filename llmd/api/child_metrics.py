@@ -34,12 +34,7 @@ class ChildFigures:
 async def _get(upstream: Upstream, base_url: str, target: str) -> bytes | None:
     try:
         response = await upstream.request("GET", base_url, target, (), b"")
-        body = b""
-        try:
-            while chunk := await response.read():
-                body += chunk
-        finally:
-            response.close()
+        body = await response.read_all()
         return body if response.status == 200 else None
     except UpstreamBroken:
         return None

@@ -62,10 +62,7 @@ class Proxy:
         response = await self._request(method, base_url, path, query, headers, body)
         try:
             if response.status != 200:
-                raw = b""
-                while chunk := await response.read():
-                    raw += chunk
-                raise ChildRefused(response.status, _message(raw))
+                raise ChildRefused(response.status, child_error(await response.read_all()))
             await self._relay(send, response, base_url)
         except UpstreamBroken as exc:
             raise UpstreamError(f"model server stopped mid-response: {exc}")
@@ -90,7 +87,7 @@ class Proxy:
             await send({"type": "http.response.body", "body": b""})
 
 
-def _message(raw: bytes) -> str:
+def child_error(raw: bytes) -> str:
     """The message of a child's JSON error body, else its text."""
     text = raw.decode("utf-8", "replace")
     try:

@@ -221,12 +221,7 @@ async def total_slots(upstream: Upstream, base_url: str) -> int | None:
     with trio.move_on_after(5):
         try:
             response = await upstream.request("GET", base_url, "/props", (), b"")
-            body = b""
-            try:
-                while chunk := await response.read():
-                    body += chunk
-            finally:
-                response.close()
+            body = await response.read_all()
             slots = json.loads(body).get("total_slots") if response.status == 200 else None
             return slots if isinstance(slots, int) and slots > 0 else None
         except (UpstreamBroken, ValueError, AttributeError):

@@ -126,6 +126,16 @@ class Response:
         message.body.clear()
         return data
 
+    async def read_all(self) -> bytes:
+        """The rest of the body, whole; the response is closed after it, however it ends."""
+        body = b""
+        try:
+            while chunk := await self.read():
+                body += chunk
+        finally:
+            self.close()
+        return body
+
     @property
     def complete(self) -> bool:
         """Whether the whole body has been read."""

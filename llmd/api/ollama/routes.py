@@ -16,6 +16,7 @@ import trio
 from llmd.api import asgi
 from llmd.api.asgi import Send
 from llmd.api.ollama import convert, describe
+from llmd.api.proxy import child_error
 from llmd.children.upstream import Response, Upstream, UpstreamBroken
 from llmd.errors import BadRequest, ChildRefused, Forbidden, LlmdError, NotFound, UpstreamError
 from llmd.models.model import Handle, Model
@@ -146,26 +147,16 @@ class OllamaApi:
         except UpstreamBroken as exc:
             raise UpstreamError(f"model server unreachable: {exc}") from None
         if response.status != 200:
-            text = b""
-            try:
-                while chunk := await response.read():
-                    text += chunk
-            finally:
-                response.close()
-            raise ChildRefused(response.status, _message(text))
+            raise ChildRefused(response.status, child_error(await response.read_all()))
         return response
 
     async def _call(self, handle: Handle, method: str, target: str,
                     body: dict[str, Any] | None) -> dict[str, Any]:
         response = await self._open(handle, method, target, body)
-        raw = b""
         try:
-            while chunk := await response.read():
-                raw += chunk
+            raw = await response.read_all()
         except UpstreamBroken:
             raise UpstreamError("model server stopped mid-response") from None
-        finally:
-            response.close()
         data = json.loads(raw)
         return data if isinstance(data, dict) else {"data": data}
 
@@ -299,15 +290,6 @@ class OllamaApi:
         for status in ("verifying sha256 digest", "writing manifest", "success"):
             await out.line({"status": status})
         await out.end()
-
-
-def _message(raw: bytes) -> str:
-    text = raw.decode("utf-8", "replace")
-    try:
-        error = json.loads(text).get("error")
-        return str(error.get("message") if isinstance(error, dict) else error or text)
-    except (ValueError, AttributeError):
-        return text.strip() or "the model server refused the request"
 
 
 def _openai_body(name: str, request: dict[str, Any], chat: bool) -> dict[str, Any] | None:
