@@ -175,8 +175,9 @@ class Router:
         params = asgi.query(scope)
         if path.startswith("/api/"):
             body = await self._body(scope, receive) if method in ("POST", "DELETE") else b""
+            max_wait = _max_wait(scope)
             with cancelled_on_hangup(scope, send) as send:
-                return await self.ollama.handle(send, method, path, body, status)
+                return await self.ollama.handle(send, method, path, body, status, max_wait)
         if method == "GET":
             if path in ("/health", "/v1/health"):
                 if self.scheduler.closing:  # a gateway should send work elsewhere now

@@ -95,6 +95,9 @@ def test_a_request_that_would_wait_for_a_drain_past_its_bound_gets_503_at_once(d
     assert time.monotonic() - started < 1.5
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert "busy must finish its requests first" in refused.json()["error"]["message"]
+    ollama = d.http.post("/api/chat", headers={"X-Llmd-Max-Wait": "0.5"}, json={
+        "model": "y", "messages": [{"role": "user", "content": "hi"}]})
+    assert ollama.status_code == 503 and "busy must finish" in ollama.json()["error"]
     # The load it started is cancelled (nobody waits for it), so busy serves on.
     wait_until(lambda: d.models()["busy"]["state"] == "loaded", 5, "busy undrained")
     assert d.models()["y"]["state"] == "unloaded"

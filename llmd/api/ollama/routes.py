@@ -78,8 +78,10 @@ class OllamaApi:
         self._n_ctx: dict[str, int | None] = {}  # child base URL -> its context size
 
     async def handle(self, send: Send, method: str, path: str, body: bytes,
-                     status: dict[str, Any]) -> None:
-        """Answer one /api/* request; raises LlmdError (the router answers it as Ollama)."""
+                     status: dict[str, Any], max_wait: float | None = None) -> None:
+        """Answer one /api/* request; raises LlmdError (the router answers it as Ollama).
+
+        `max_wait`: the request's own wait bound for its model (X-Llmd-Max-Wait)."""
         if method == "GET" and path in GET:
             if path == "/api/version":
                 return await asgi.send_json(send, 200, {"version": VERSION})
@@ -114,8 +116,8 @@ class OllamaApi:
             await self.scheduler.delete(model.spec.name)
             return await asgi.send_json(send, 200, {})
         if path in ("/api/embed", "/api/embeddings"):
-            return await self._embed(send, model, request, legacy=path == "/api/embeddings")
-        await self._generate(send, model, request, chat=path == "/api/chat")
+            return await self._embed(send, model, request, path == "/api/embeddings", max_wait)
+        await self._generate(send, model, request, path == "/api/chat", max_wait)
 
     def _model(self, name: str, pull: bool = False) -> Model:
         """The model `name` refers to; Ollama clients may add ":latest" to a bare name."""
@@ -163,16 +165,16 @@ class OllamaApi:
     # ---- generation ------------------------------------------------------------------
 
     async def _generate(self, send: Send, model: Model, request: dict[str, Any],
-                        chat: bool) -> None:
+                        chat: bool, max_wait: float | None) -> None:
         name = model.spec.name
         keep = convert.keep_alive(request.get("keep_alive"))
         stream = request.get("stream") is not False
         body = _openai_body(name, request, chat)
         started = trio.current_time()
         if body is None:  # nothing to generate: load it, or with keep_alive 0 unload it
-            return await self._load_only(send, model, request, chat, keep, started)
+            return await self._load_only(send, model, chat, keep, started, max_wait)
         options = body.pop("_options")
-        async with self.scheduler.lease(name) as handle:
+        async with self.scheduler.lease(name, max_wait=max_wait) as handle:
             loaded = trio.current_time() - started
             n_ctx = await self._context(handle)
             body.update(convert.options(options, n_ctx))
@@ -187,14 +189,14 @@ class OllamaApi:
                 response.close()
         self.scheduler.keep_alive(name, keep)
 
-    async def _load_only(self, send: Send, model: Model, request: dict[str, Any], chat: bool,
-                         keep: float | None, started: float) -> None:
+    async def _load_only(self, send: Send, model: Model, chat: bool, keep: float | None,
+                         started: float, max_wait: float | None) -> None:
         name = model.spec.name
         if keep == 0:
             await self.scheduler.unload(name)
             reason = "unload"
         else:
-            async with self.scheduler.lease(name):
+            async with self.scheduler.lease(name, max_wait=max_wait):
                 pass
             self.scheduler.keep_alive(name, keep)
             reason = "load"
@@ -208,7 +210,7 @@ class OllamaApi:
     # ---- embeddings ------------------------------------------------------------------
 
     async def _embed(self, send: Send, model: Model, request: dict[str, Any],
-                     legacy: bool) -> None:
+                     legacy: bool, max_wait: float | None) -> None:
         name = model.spec.name
         keep = convert.keep_alive(request.get("keep_alive"))
         given = request.get("prompt") if legacy else request.get("input")
@@ -221,7 +223,7 @@ class OllamaApi:
                              "own embedding size")
         convert.options(request.get("options"), None)  # refuse what can't apply
         started = trio.current_time()
-        async with self.scheduler.lease(name) as handle:
+        async with self.scheduler.lease(name, max_wait=max_wait) as handle:
             loaded = trio.current_time() - started
             data = await self._call(handle, "POST", "/v1/embeddings",
                                     {"model": name, "input": given})
