@@ -33,6 +33,7 @@ class ModelConfig:
     loading_feedback: bool | None = None  # None: the global setting
     max_queue: int | None = None  # None: the global max_queue
     max_wait: float | None = None  # None: the global max_wait
+    keep_prompt_cache: bool | None = None  # None: the global keep_prompt_cache
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Config:
     loading_feedback: bool = False  # narrate a load inside a streaming chat's own stream
     max_queue: int = 512  # requests that may wait for one model; one more gets 429
     max_wait: float = -1  # seconds a request may wait for its model; -1: drain_timeout's
+    keep_prompt_cache: bool = True  # save idle models' slots before unloading, restore after
+    prompt_cache_budget_mib: int = 4096  # disk the saved slots may use, all models together
     models: tuple[ModelConfig, ...] = field(default_factory=tuple)
     # Resolved at start-up from the environment, not keys of the file:
     hub_cache: str = field(default="", metadata={"from_env": True})
@@ -110,6 +113,8 @@ _SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "loading_feedback": ((bool,), bool),
     "max_queue": ((int,), int),
     "max_wait": ((int, float), float),
+    "keep_prompt_cache": ((bool,), bool),
+    "prompt_cache_budget_mib": ((int,), int),
 }
 _LISTS = {"args", "api_keys", "cors_origins", "allowed_hosts"}
 _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -123,9 +128,10 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
     "loading_feedback": ((bool,), bool),
     "max_queue": ((int,), int),
     "max_wait": ((int, float), float),
+    "keep_prompt_cache": ((bool,), bool),
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
-_NON_NEGATIVE = {"max_queue", "models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",
+_NON_NEGATIVE = {"max_queue", "prompt_cache_budget_mib", "models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",
                  "min_residency",
                  "estimate_timeout",
                  "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl",

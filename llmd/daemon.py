@@ -31,6 +31,7 @@ from llmd.memory.devices import Devices
 from llmd.api.metrics import Metrics
 from llmd.api.proxy import Proxy
 from llmd.api.router import Router
+from llmd.children.slot_cache import SlotFiles
 from llmd.models.model import Handle, Launcher
 from llmd.models.scheduler import Scheduler
 from llmd.systemd import Activation, Notifier
@@ -211,6 +212,9 @@ class Reloader:
                                        cache_ram_mib=config.cache_ram_mib)
         self.scheduler.default_args, self.scheduler.allow_pull = config.args, config.allow_pull
         self.scheduler.max_queue, self.scheduler.max_wait = config.max_queue, config.max_wait
+        self.scheduler.keep_prompt_cache = config.keep_prompt_cache
+        if self.scheduler.slot_files is not None:
+            self.scheduler.slot_files.budget = config.prompt_cache_budget_mib << 20
         for app in self.apps:
             app.config = config
         self.config = config
@@ -306,6 +310,11 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                   hub=hub, default_args=config.args,
                                   allow_pull=config.allow_pull,
                                   max_queue=config.max_queue, max_wait=config.max_wait,
+                                  slot_files=SlotFiles(
+                                      upstream, Path(config.cache_dir) / "prompt-cache",
+                                      config.prompt_cache_budget_mib,
+                                      lambda: identity(config.llama_server)),
+                                  keep_prompt_cache=config.keep_prompt_cache,
                                   binary=lambda: identity(config.llama_server),
                                   **memory_accounting(config))
             limits = {app: server.Limit(config.max_connections or 1 << 30)

@@ -33,6 +33,7 @@ class ModelSpec:
     loading_feedback: bool | None = None  # None: the global loading_feedback
     max_queue: int | None = None  # None: the global max_queue
     max_wait: float | None = None  # None: the global max_wait
+    keep_prompt_cache: bool | None = None  # None: the global keep_prompt_cache
 
     def child_args(self) -> tuple[str, ...]:
         """Arguments for llama-server, without host and port."""
@@ -128,6 +129,7 @@ def _from_config(config: Config, model: ModelConfig,
         loading_feedback=model.loading_feedback,
         max_queue=model.max_queue,
         max_wait=model.max_wait,
+        keep_prompt_cache=model.keep_prompt_cache,
         source="config",
     )
 

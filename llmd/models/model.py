@@ -119,7 +119,9 @@ class Model:
     file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
     failed_load: tuple[object, LlmdError] | None = None  # (what it depended on, its error)
     keep_alive: float | None = None  # a client's idle time to keep it (Ollama); None: ttl
+    slot_dir: str | None = None  # where its child saves slots (keep_prompt_cache), if it does
     expiring: int = 0  # the attempt whose idle expiry is being watched
+    stopper: int = 0  # the attempt a stop-once-drained task is running for
 
     def idle_limit(self) -> float:
         """Seconds idle before it is unloaded; 0 for never (a ttl of 0, a keep_alive < 0)."""

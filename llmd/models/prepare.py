@@ -73,10 +73,24 @@ async def _report_progress(model: Model, progressed: Callable[[Model], None]) ->
         progressed(model)
 
 
+def kept_cache_args(model: Model) -> tuple[str, ...]:
+    """What keeping the prompt cache adds to the child's arguments: where it saves slots,
+    and a full-size cache for sliding-window layers. Without --swa-full a restored slot of
+    such a model (Gemma 3) is processed again in full: its window's checkpoints are not in
+    the file."""
+    if model.slot_dir is None:
+        return ()
+    swa = () if "--swa-full" in model.spec.args else ("--swa-full",)
+    return ("--slot-save-path", model.slot_dir, *swa)
+
+
 async def estimate(model: Model, estimator: NeedSource) -> None:
     """Record what the model will need per device; none if it can't be told."""
+    spec = model.spec
+    if model.slot_dir is not None and "--swa-full" not in spec.args:  # it costs memory
+        spec = dataclasses.replace(spec, args=(*spec.args, "--swa-full"))
     try:
-        need = await estimator.need(model.spec)
+        need = await estimator.need(spec)
         model.need, model.need_source = dict(need.mib), need.source
     except Exception as exc:  # the child itself will say what is wrong with the file
         log.warning("%s: no memory estimate (%s); loading without one", model.spec.name, exc)
@@ -95,6 +109,7 @@ def launch_spec(model: Model, look: bool = True) -> ModelSpec:
     extra: tuple[str, ...] = ()
     if model.need_source == "llama-fit-params" and not _FIT_FLAGS & set(spec.args):
         extra += ("--fit", "off")
+    extra += kept_cache_args(model)
     if model.cache_ram is not None:  # the prompt cache admission booked (prompt_cache.py)
         extra += ("--cache-ram", str(model.cache_ram))
     # Read once per file (chat_template caches it): ~20 ms for Gemma 3's vocabulary.

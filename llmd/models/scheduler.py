@@ -63,6 +63,8 @@ class Scheduler:
         cache_ram_mib: int = 0,
         max_queue: int = 512,
         max_wait: float = -1,
+        slot_files: Any = None,
+        keep_prompt_cache: bool = False,
         binary: Callable[[], object] = lambda: None,
         resident: Callable[[int], int | None] | None = None,
     ) -> None:
@@ -80,6 +82,8 @@ class Scheduler:
         self.allow_pull = allow_pull  # may router requests name hub models not configured?
         self.max_queue = max_queue  # requests that may wait for one model (waits.waiting)
         self.max_wait = max_wait  # seconds a request may wait for its model; < 0: no bound
+        self.slot_files = slot_files  # slot_cache.SlotFiles: where prompt caches are kept
+        self.keep_prompt_cache = keep_prompt_cache  # for models that don't say
         self.loads = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
         self.closing = False  # llmd is shutting down: requests in flight finish, no new work
@@ -306,8 +310,9 @@ class Scheduler:
             for scope in list(model.lease_scopes):
                 scope.cancel()
         if model.scope is not None:
-            if model.state == DRAINING and model.leases:
-                self._nursery_start(self._stop_when_drained, model)
+            if model.state == DRAINING:  # (it may save its prompt cache first)
+                if model.stopper != model.attempt:  # one such task per run is enough
+                    self._nursery_start(self._stop_when_drained, model)
             else:
                 self._stop(model)
         # Wait for this run to end, not for the state to read "unloaded": requests queued
@@ -344,10 +349,33 @@ class Scheduler:
         return removed
 
     async def _stop_when_drained(self, model: Model) -> None:
+        model.stopper = attempt = model.attempt
+        try:
+            await self._stop_once_drained(model)
+        finally:
+            if model.stopper == attempt:
+                model.stopper = 0
+
+    async def _stop_once_drained(self, model: Model) -> None:
         while model.leases and model.state == DRAINING:
             await self.admission.wait_freed()
-        if model.state == DRAINING and model.scope is not None:
-            self._stop(model)
+        if model.state != DRAINING or model.scope is None:
+            return
+        handle = model.handle
+        if self._keeps_prompts(model) and handle is not None and not model.scope.cancel_called:
+            assert self.slot_files is not None
+            # Bounded (slot_cache.SAVE_BOUND): a load waiting for this room waits no longer.
+            await self.slot_files.save(model.spec.name, handle.base_url, model.spec.path,
+                                       model.spec.child_args())
+            if model.state != DRAINING or model.scope is None:
+                return  # room was found elsewhere meanwhile: it serves on
+        self._stop(model)
+
+    def _keeps_prompts(self, model: Model) -> bool:
+        """Whether the model's prompt cache is kept across unloads (keep_prompt_cache)."""
+        keep = model.spec.keep_prompt_cache
+        return self.slot_files is not None and (self.keep_prompt_cache if keep is None
+                                                else keep)
 
     def _stop(self, model: Model) -> None:
         """Stop the model's child, or its load, noting what memory it leaves to release."""
@@ -419,6 +447,8 @@ class Scheduler:
         """Estimate, get admitted, run the child until it exits; record how it ended."""
         name = model.spec.name
         model.file_id = file_identity(model.spec.path)
+        model.slot_dir = (str(self.slot_files.folder(name))
+                          if self.slot_files is not None and self._keeps_prompts(model) else None)
         if self.devices is not None:
             assert self.estimator is not None
             await prepare.estimate(model, self.estimator)
@@ -460,9 +490,25 @@ class Scheduler:
         if self.devices is not None:
             model.measured_at = model.loaded_at
             prepare.measure(model, self.devices)
-        log.info("%s: loaded (pid %d, port %d)", model.spec.name, handle.pid, handle.port)
+        if self._keeps_prompts(model):
+            self._nursery_start(self._restore_then_serve, model, model.attempt, handle)
+        else:
+            self._serve(model)
+
+    def _serve(self, model: Model) -> None:
+        assert model.handle is not None
+        log.info("%s: loaded (pid %d, port %d)", model.spec.name, model.handle.pid,
+                 model.handle.port)
         self._set(model, LOADED)
         self._watch_idle(model)
+
+    async def _restore_then_serve(self, model: Model, attempt: int, handle: Handle) -> None:
+        """Restore the model's saved prompt cache before its first request is let in."""
+        assert self.slot_files is not None
+        await self.slot_files.restore(model.spec.name, handle.base_url, model.spec.path,
+                                      model.spec.child_args())
+        if model.attempt == attempt and model.handle is handle and model.state == LOADING:
+            self._serve(model)
 
     def _touch(self, model: Model) -> None:
         model.activity.set()
@@ -489,7 +535,8 @@ class Scheduler:
         """Admission needs this busy model's room: stop it once its requests are done."""
         model.evicting = True
         self._set(model, DRAINING)
-        self._nursery_start(self._stop_when_drained, model)
+        if model.stopper != model.attempt:
+            self._nursery_start(self._stop_when_drained, model)
 
     def _undrain(self, model: Model) -> None:
         """Admission found room elsewhere: a model drained for it serves again, unless it

@@ -1,0 +1,181 @@
+"""A model's prompt cache kept across an unload: its slots saved to files, restored on load.
+
+llama-server can save a slot's KV cache to a file and restore it (`--slot-save-path DIR`,
+`POST /slots/ID?action=save|restore`). Before llmd stops an idle model, it saves every
+slot that holds a prompt; when the model is loaded again, it restores them before the
+first request is let in, so a request that shares the earlier prefix skips processing it
+again. Files live under llmd's cache directory, one folder per model, with a manifest
+naming what they belong to: the model file's identity, the child's arguments and the
+llama-server build. A file that belongs to something else, is missing or corrupt, or
+would break the disk budget is skipped (logged) and the load goes on cold; it never
+fails a request. Files go when the model file changes and, oldest first, when the budget
+is exceeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import trio
+
+from llmd.children.upstream import Upstream, UpstreamBroken
+
+log = logging.getLogger("llmd.prompt_cache")
+
+SAVE_BOUND = 5.0  # seconds saving may add to an unload (an eviction a load waits for)
+RESTORE_BOUND = 10.0  # seconds restoring may add to a load before it goes on cold
+_MANIFEST = "manifest.json"
+
+
+def _key(path: str, args: Sequence[str], binary: object) -> str:
+    """What saved slots belong to: the model file, the child's arguments, the build."""
+    try:
+        st = os.stat(path)
+        identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    except OSError:
+        identity = []
+    return hashlib.sha256(json.dumps([path, identity, list(args), repr(binary)]).encode()
+                          ).hexdigest()
+
+
+class SlotFiles:
+    """Where and whether each model's slots are kept, and the disk they may use."""
+
+    def __init__(self, upstream: Upstream, root: Path, budget_mib: int,
+                 binary: Callable[[], object] = lambda: None) -> None:
+        self.upstream = upstream
+        self.root = root
+        self.budget = budget_mib << 20
+        self.binary = binary
+
+    def folder(self, name: str) -> Path:
+        """The model's folder (made if missing): what --slot-save-path points at."""
+        folder = self.root / hashlib.sha256(name.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    async def _post(self, base_url: str, slot: int, action: str, filename: str
+                    ) -> dict[str, Any] | None:
+        body = json.dumps({"filename": filename}).encode()
+        try:
+            response = await self.upstream.request(
+                "POST", base_url, f"/slots/{slot}?action={action}",
+                [(b"content-type", b"application/json")], body)
+            raw = await response.read_all()
+        except UpstreamBroken as exc:
+            log.warning("slot %d %s: %s", slot, action, exc)
+            return None
+        if response.status != 200:
+            log.warning("slot %d %s refused (%d): %s", slot, action, response.status,
+                        raw[:200].decode("utf-8", "replace"))
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def _slots(self, base_url: str) -> list[dict[str, Any]]:
+        try:
+            response = await self.upstream.request("GET", base_url, "/slots", (), b"")
+            raw = await response.read_all()
+            slots = json.loads(raw) if response.status == 200 else []
+        except (UpstreamBroken, ValueError):
+            return []
+        return [s for s in slots if isinstance(s, dict)] if isinstance(slots, list) else []
+
+    async def save(self, name: str, base_url: str, path: str, args: Sequence[str]) -> int:
+        """Save the slots of the running child that hold a prompt; how many were saved."""
+        folder = self.folder(name)
+        saved: dict[str, Any] = {}
+        with trio.move_on_after(SAVE_BOUND) as bound:
+            for slot in await self._slots(base_url):
+                if not slot.get("n_prompt_tokens") or slot.get("is_processing"):
+                    continue
+                filename = f"slot-{slot['id']}.bin"
+                result = await self._post(base_url, int(slot["id"]), "save", filename)
+                if result is not None:
+                    saved[str(slot["id"])] = {"file": filename,
+                                              "tokens": result.get("n_saved", 0)}
+        if bound.cancelled_caught:
+            log.warning("%s: saving its prompt cache took over %gs; the rest is dropped",
+                        name, SAVE_BOUND)
+        if saved:
+            manifest = {"key": _key(path, args, self.binary()), "saved_at": time.time(),
+                        "slots": saved}
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / _MANIFEST).write_text(json.dumps(manifest))
+                log.info("%s: saved the prompt cache of %d slot(s)", name, len(saved))
+                self.keep_within_budget()
+            except OSError as exc:  # a full or vanished disk costs the cache, nothing more
+                log.warning("%s: its prompt cache could not be kept: %s", name, exc)
+                self.clear(name)
+                return 0
+        return len(saved)
+
+    async def restore(self, name: str, base_url: str, path: str, args: Sequence[str]) -> int:
+        """Restore what was saved for this model file, arguments and build; how many slots.
+
+        Anything else found is skipped with a log line and removed."""
+        folder = self.folder(name)
+        try:
+            manifest = json.loads((folder / _MANIFEST).read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError):
+            log.warning("%s: its prompt cache manifest is unreadable; loading cold", name)
+            self.clear(name)
+            return 0
+        if manifest.get("key") != _key(path, args, self.binary()):
+            log.info("%s: its saved prompt cache is for another model file, other arguments "
+                     "or another llama-server; removed, loading cold", name)
+            self.clear(name)
+            return 0
+        restored = 0
+        with trio.move_on_after(RESTORE_BOUND):
+            for slot, entry in (manifest.get("slots") or {}).items():
+                if not (folder / entry["file"]).is_file():
+                    log.warning("%s: slot %s's saved prompt cache is missing; skipped",
+                                name, slot)
+                    continue
+                if await self._post(base_url, int(slot), "restore", entry["file"]) is None:
+                    log.warning("%s: slot %s's saved prompt cache could not be restored; "
+                                "skipped", name, slot)
+                    continue
+                restored += 1
+        if restored:
+            log.info("%s: restored the prompt cache of %d slot(s)", name, restored)
+        return restored
+
+    def clear(self, name: str) -> None:
+        """Remove everything saved for the model."""
+        shutil.rmtree(self.root / hashlib.sha256(name.encode()).hexdigest()[:16],
+                      ignore_errors=True)
+
+    def keep_within_budget(self) -> None:
+        """Remove the oldest models' saved slots until all fit in the budget."""
+        folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.is_dir() else []
+        sizes = {f: sum(p.stat().st_size for p in f.iterdir() if p.is_file()) for f in folders}
+        total = sum(sizes.values())
+
+        def saved_at(folder: Path) -> float:
+            try:
+                return (folder / _MANIFEST).stat().st_mtime
+            except OSError:
+                return 0.0  # no manifest: nothing there can be restored; it goes first
+
+        for folder in sorted(folders, key=saved_at):
+            if total <= self.budget:
+                break
+            log.info("prompt cache over its budget (%d MiB): removing %s", self.budget >> 20,
+                     folder.name)
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= sizes[folder]
