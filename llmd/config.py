@@ -61,7 +61,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()  # Host names served beside loopback ones
     stop_timeout: float = 10
     drain_timeout: float = 600
-    min_residency: float = 1
+    min_residency: float = -1  # -1: by what each model's load costs (admission.residency)
     load_timeout: float = 300
     shutdown_timeout: float = 30
     max_body_mib: int = 32
@@ -132,7 +132,6 @@ _MODEL_SCALARS: dict[str, tuple[tuple[type, ...], Any]] = {
 }
 _MODEL_LISTS = {"args", "aliases", "tags"}
 _NON_NEGATIVE = {"max_queue", "prompt_cache_budget_mib", "models_max", "memory_margin_mib", "cache_ram_mib", "stop_timeout", "drain_timeout",
-                 "min_residency",
                  "estimate_timeout",
                  "load_timeout", "shutdown_timeout", "max_body_mib", "log_lines", "ttl",
                  "body_timeout", "header_timeout", "max_connections"}

@@ -28,6 +28,8 @@ from llmd.models.progress import Queue
 from llmd.models.state import RUNNING, State
 
 log = logging.getLogger("llmd.admission")
+RESIDENCY_FACTOR = 2.0  # a model serves twice its load time before it may be evicted...
+RESIDENCY_CAP = 30.0  # ...up to this many seconds (min_residency < 0: the default)
 
 
 
@@ -103,7 +105,7 @@ class Admission:
                         self._report_queue()
                         now = trio.current_time()
                         with trio.move_on_at(eviction.next_settled(
-                                self.models.values(), self.min_residency, now)):
+                                self.models.values(), self.residency, now)):
                             await self.wait_freed()
                     self._size_prompt_cache(model, fitted)
                     return
@@ -155,17 +157,21 @@ class Admission:
                               "- booked %d - margin %d)", model.spec.name, b.device.id,
                               model.holding().need().get(b.device.id, 0), b.room,
                               b.device.free, b.children, b.booked, b.device.margin)
-            # A model loaded less than min_residency ago is not evicted yet: under a swap
-            # storm each load then serves its clients for a while, not one request each.
-            settled = trio.current_time() - self.min_residency
-            victim = eviction.victim(self.models.values(), model, where, settled=settled)
+            # A model inside its residency is not evicted yet: under a swap storm each load
+            # then serves its clients for a while, not one request each.
+            now = trio.current_time()
+
+            def young(m: Model) -> bool:
+                return m.loaded_at is not None and m.loaded_at + self.residency(m) > now
+
+            victim = eviction.victim(self.models.values(), model, where, young=young)
             if victim is None:
                 break
             log.info("%s: evicting %s (%s)", model.spec.name, victim.spec.name,
                      f"memory on {', '.join(short)}" if short else "models_max")
             self.evictions += 1
             await self._evict(victim)
-        busy = eviction.victim(self.models.values(), model, where, busy=True, settled=settled)
+        busy = eviction.victim(self.models.values(), model, where, busy=True, young=young)
         if busy is not None:
             log.info("%s: waiting for %s to finish its requests, then evicting it",
                      model.spec.name, busy.spec.name)
@@ -184,6 +190,15 @@ class Admission:
         if young is not None:  # evictable once it has served min_residency
             return "min_residency", young.spec.name
         return ("models_max" if over else "room"), None
+
+    def residency(self, model: Model) -> float:
+        """Seconds a freshly loaded model is kept from eviction: min_residency when set
+        (0 or more), else by what its load cost: RESIDENCY_FACTOR times its smoothed
+        load time, at most RESIDENCY_CAP. Cheap loads swap freely; costly ones serve a
+        while first. A queued load waits at most RESIDENCY_CAP for residency to end."""
+        if self.min_residency >= 0:
+            return self.min_residency
+        return min(RESIDENCY_CAP, RESIDENCY_FACTOR * (model.load_seconds or 0.0))
 
     def _short(self, model: Model, ledgers: list[Ledger]) -> list[str]:
         need = model.holding().need()

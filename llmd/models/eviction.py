@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 from llmd.models.model import Model
 from llmd.models.state import State
 
 
 def victim(models: Iterable[Model], for_model: Model, short: list[str],
-           busy: bool = False, settled: float = math.inf) -> Model | None:
+           busy: bool = False, young: Callable[[Model], bool] = lambda m: False
+           ) -> Model | None:
     """The model to evict (idle, or with `busy` in use): lowest priority, then LRU.
 
     Only a loaded model that holds memory on a `short` device (when memory is short) can
     be one. A pinned model never is, nor one that requests are waiting for: it was
-    loaded for them; nor one loaded after `settled`.
+    loaded for them; nor one still `young` (inside its residency).
     """
     candidates = [m for m in models
                   if m is not for_model and m.state is State.LOADED and (busy or m.leases == 0)
-                  and m.waiters == 0 and not m.spec.pin
-                  and (m.loaded_at is None or m.loaded_at <= settled)
+                  and m.waiters == 0 and not m.spec.pin and not young(m)
                   and (not short or any(m.booked().get(d) for d in short))]
     return min(candidates, key=lambda m: (m.spec.priority, m.last_used), default=None)
 
 
-def next_settled(models: Iterable[Model], min_residency: float, now: float) -> float:
-    """When the next loaded model still inside its min_residency leaves it (inf: none)."""
-    ends = [m.loaded_at + min_residency for m in models
+def next_settled(models: Iterable[Model], residency: Callable[[Model], float],
+                 now: float) -> float:
+    """When the next loaded model still inside its residency leaves it (inf: none)."""
+    ends = [m.loaded_at + residency(m) for m in models
             if m.state is State.LOADED and m.loaded_at is not None
-            and m.loaded_at + min_residency > now]
+            and m.loaded_at + residency(m) > now]
     return min(ends, default=math.inf)

@@ -181,7 +181,7 @@ class Scheduler:
             return  # a free slot (or llmd can't tell): served at once, waits for nothing
         if queued >= limit:
             now = trio.current_time()
-            wait = waits.queue_wait(model, self.models, self.admission.min_residency, now)
+            wait = waits.queue_wait(model, self.models, self.admission.residency, now)
             raise QueueFull(model.spec.name, queued, waits.retry_after(wait))
 
     def end_requests(self) -> None:
@@ -235,7 +235,7 @@ class Scheduler:
         """Raise NotSoon when the model won't be ready by `deadline`, as far as llmd can
         tell (or it has passed)."""
         now = trio.current_time()
-        found = waits.expected(model, self.models, self.admission.min_residency, now)
+        found = waits.expected(model, self.models, self.admission.residency, now)
         if found is not None and found[0] > deadline - now:
             raise NotSoon(model.spec.name, f"{found[1]}; likely ready in {found[0]:.0f}s",
                           waits.retry_after(found[0]))

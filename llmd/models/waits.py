@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 from llmd.models.model import Model
 from llmd.models.state import State
@@ -42,8 +42,8 @@ def busy_left(model: Model, now: float) -> float:
                for age in ages)
 
 
-def expected(model: Model, models: Mapping[str, Model], min_residency: float, now: float,
-             depth: int = 0) -> tuple[float, str] | None:
+def expected(model: Model, models: Mapping[str, Model], residency: Callable[[Model], float],
+             now: float, depth: int = 0) -> tuple[float, str] | None:
     """(seconds, why) until `model` is likely ready, or None when llmd can't tell."""
     load = model.load
     loading = model.load_seconds or 0.0
@@ -64,10 +64,10 @@ def expected(model: Model, models: Mapping[str, Model], min_residency: float, no
     if q.waiting_for == "drain":
         return busy_left(other, now) + loading, f"{other.spec.name} must finish its requests first"
     if q.waiting_for == "min_residency" and other.loaded_at is not None:
-        return (max(0.0, other.loaded_at + min_residency - now) + loading,
+        return (max(0.0, other.loaded_at + residency(other) - now) + loading,
                 f"{other.spec.name} was loaded moments ago")
     if q.waiting_for == "turn":
-        ahead = expected(other, models, min_residency, now, depth + 1)
+        ahead = expected(other, models, residency, now, depth + 1)
         if ahead is not None:
             return ahead[0] + loading, f"queued behind the load of {other.spec.name}"
     return None
@@ -78,12 +78,12 @@ def retry_after(seconds: float | None) -> int:
     return max(1, math.ceil(seconds)) if seconds is not None else 1
 
 
-def queue_wait(model: Model, models: Mapping[str, Model], min_residency: float,
-               now: float) -> float | None:
+def queue_wait(model: Model, models: Mapping[str, Model],
+               residency: Callable[[Model], float], now: float) -> float | None:
     """How long the requests already waiting for `model` are likely to take."""
     if model.state in (State.LOADED, State.DRAINING):
         slots = (model.handle.slots if model.handle is not None else None) or 1
         rounds = math.ceil((waiting(model) + 1) / slots)
         return rounds * model.request_seconds if model.request_seconds else None
-    found = expected(model, models, min_residency, now)
+    found = expected(model, models, residency, now)
     return found[0] if found is not None else None

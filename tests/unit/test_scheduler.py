@@ -354,3 +354,32 @@ async def test_keep_alive_zero_unloads_once_its_requests_are_done(autojump_clock
         assert s.models["a"].state == "unloaded"
         await use(s, "a")
         assert s.models["a"].keep_alive is None  # it lasted one run
+
+
+async def test_by_cost_a_cheap_load_swaps_at_once_and_a_costly_one_serves_first(
+        autojump_clock):
+    launcher = FakeLauncher()
+    launcher.behaviour["slow"] = Behaviour(load_seconds=20)
+    launcher.behaviour["cheap"] = Behaviour(load_seconds=0.05)
+    s = Scheduler(specs("slow", "cheap", "other"), launcher, models_max=1, min_residency=-1)
+    async with running(s):
+        await use(s, "cheap")
+        start = trio.current_time()
+        await use(s, "other")  # cheap is protected for 2 x 0.05 s only
+        assert trio.current_time() - start < 1.5
+        await use(s, "slow")  # loads in 20 s: kept 30 s (2 x 20, capped)
+        loaded = s.models["slow"].loaded_at
+        await use(s, "other")
+        assert s.models["other"].loaded_at - loaded >= 30
+        assert s.admission.residency(s.models["slow"]) == 30  # the cap: none waits longer
+
+
+async def test_an_explicit_min_residency_overrides_the_cost(autojump_clock):
+    launcher = FakeLauncher()
+    launcher.behaviour["slow"] = Behaviour(load_seconds=20)
+    s = Scheduler(specs("slow", "other"), launcher, models_max=1, min_residency=0)
+    async with running(s):
+        await use(s, "slow")
+        loaded = s.models["slow"].loaded_at
+        await use(s, "other")
+        assert s.models["other"].loaded_at - loaded < 2  # only other's own 1 s load

@@ -32,7 +32,7 @@ async def test_a_drain_is_estimated_from_how_long_the_busy_models_requests_run(
         nursery.start_soon(use, s, "y")
         await trio.sleep(0.1)
         now = trio.current_time()
-        seconds, why = waits.expected(s.models["y"], s.models, 0, now)
+        seconds, why = waits.expected(s.models["y"], s.models, s.admission.residency, now)
         # The busy request has run ~1.1 s of a typical 4 s (y has never loaded: no more).
         assert 2.5 < seconds < 3.5 and "busy must finish its requests first" in why
 
