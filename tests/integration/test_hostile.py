@@ -83,8 +83,11 @@ def assert_unharmed(d: Llmd) -> None:
             if added[-len(chosen):] == chosen:
                 added = added[:-len(chosen)]
                 break
+        # keep_prompt_cache: where slots are saved, and the full window cache they need.
+        added = [a for a in added if a != "--swa-full"]
         pairs = list(zip(added[::2], added[1::2]))
         assert all(p == ("--fit", "off") or (p[0] == "--cache-ram" and p[1].isdigit())
+                   or (p[0] == "--slot-save-path" and "prompt-cache" in p[1])
                    for p in pairs) and len(added) == 2 * len(pairs), argv
 
 
