@@ -3,7 +3,8 @@ same llama-server build, same Gemma 3 270M file (issue 25).
 
 1. Swap storm, models_max = 1: two models (two names for the Gemma file), 3 clients each,
    10 requests per client. Once with a cheap load (mmap) and once with an expensive one
-   (--no-mmap: every load reads the whole file). Total time, loads, failures.
+   (--load-mode dio, this build's direct I/O: every load reads the whole file from disk;
+   it has no --no-mmap). Total time, loads, failures.
 2. Swap-back: a ~2,000-token prompt to model A, a request to B (A is evicted), then the
    same prompt to A again. The prompt processing the child did (timings.prompt_n,
    prompt_ms, cache_n) and the time to the first streamed token including the load, for
@@ -117,8 +118,9 @@ def main() -> None:
     server = resolve_llama_server("", os.environ)
     tmp = Path(tempfile.mkdtemp(prefix="llmd-swap-"))
     rows = []
-    for label, args in (("mmap (cheap load)", ARGS), ("--no-mmap (expensive load)",
-                                                       [*ARGS, "--no-mmap"])):
+    for label, args in (("mmap (cheap load)", ARGS),
+                        ("--load-mode dio (every load reads the file)",
+                         [*ARGS, "--load-mode", "dio"])):
         models = models_dir(tmp, f"storm-{len(rows)}")
         run.ARGS = args  # the router and direct llama-server take the same arguments
         for make in (lambda: start_router(server, models, 1),
