@@ -12,6 +12,7 @@ arrive meanwhile queue behind the load instead of keeping it busy for ever.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Awaitable, Callable, Mapping
 
@@ -28,8 +29,9 @@ from llmd.models.progress import Queue
 from llmd.models.state import RUNNING, State
 
 log = logging.getLogger("llmd.admission")
-RESIDENCY_FACTOR = 2.0  # a model serves twice its load time before it may be evicted...
+RESIDENCY_FACTOR = 3.0  # a model serves three times its load time before eviction...
 RESIDENCY_CAP = 30.0  # ...up to this many seconds (min_residency < 0: the default)
+IDLE_GRACE = 0.5  # ...unless it sits idle this long: a client's next request comes sooner
 
 
 
@@ -105,7 +107,7 @@ class Admission:
                         self._report_queue()
                         now = trio.current_time()
                         with trio.move_on_at(eviction.next_settled(
-                                self.models.values(), self.residency, now)):
+                                self.models.values(), self.protected_until, now)):
                             await self.wait_freed()
                     self._size_prompt_cache(model, fitted)
                     return
@@ -162,7 +164,7 @@ class Admission:
             now = trio.current_time()
 
             def young(m: Model) -> bool:
-                return m.loaded_at is not None and m.loaded_at + self.residency(m) > now
+                return self.protected_until(m) > now
 
             victim = eviction.victim(self.models.values(), model, where, young=young)
             if victim is None:
@@ -199,6 +201,17 @@ class Admission:
         if self.min_residency >= 0:
             return self.min_residency
         return min(RESIDENCY_CAP, RESIDENCY_FACTOR * (model.load_seconds or 0.0))
+
+    def protected_until(self, model: Model) -> float:
+        """When the model's residency protection ends: at the end of its residency, or
+        sooner once it has sat idle IDLE_GRACE seconds (its clients are done: holding it
+        longer would only keep the next model's clients waiting)."""
+        if model.loaded_at is None:
+            return -math.inf
+        end = model.loaded_at + self.residency(model)
+        if model.leases == 0 and self.min_residency < 0:
+            end = min(end, model.last_used + IDLE_GRACE)
+        return end
 
     def _short(self, model: Model, ledgers: list[Ledger]) -> list[str]:
         need = model.holding().need()

@@ -25,10 +25,9 @@ def victim(models: Iterable[Model], for_model: Model, short: list[str],
     return min(candidates, key=lambda m: (m.spec.priority, m.last_used), default=None)
 
 
-def next_settled(models: Iterable[Model], residency: Callable[[Model], float],
+def next_settled(models: Iterable[Model], protected_until: Callable[[Model], float],
                  now: float) -> float:
-    """When the next loaded model still inside its residency leaves it (inf: none)."""
-    ends = [m.loaded_at + residency(m) for m in models
-            if m.state is State.LOADED and m.loaded_at is not None
-            and m.loaded_at + residency(m) > now]
+    """When the next loaded model still protected from eviction stops being so (inf: none)."""
+    ends = [end for m in models if m.state is State.LOADED
+            and (end := protected_until(m)) > now]
     return min(ends, default=math.inf)

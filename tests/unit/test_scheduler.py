@@ -362,16 +362,35 @@ async def test_by_cost_a_cheap_load_swaps_at_once_and_a_costly_one_serves_first(
     launcher.behaviour["slow"] = Behaviour(load_seconds=20)
     launcher.behaviour["cheap"] = Behaviour(load_seconds=0.05)
     s = Scheduler(specs("slow", "cheap", "other"), launcher, models_max=1, min_residency=-1)
-    async with running(s):
+
+    async def busy_client(name: str) -> None:
+        for _ in range(100):  # back-to-back requests, as a client in a swap storm
+            await use(s, name, 1)
+
+    async with running(s) as nursery:
         await use(s, "cheap")
+        nursery.start_soon(busy_client, "cheap")
         start = trio.current_time()
-        await use(s, "other")  # cheap is protected for 2 x 0.05 s only
-        assert trio.current_time() - start < 1.5
-        await use(s, "slow")  # loads in 20 s: kept 30 s (2 x 20, capped)
+        await use(s, "other")  # cheap is protected for 3 x 0.05 s only
+        assert trio.current_time() - start < 2.5
+        await use(s, "slow")
         loaded = s.models["slow"].loaded_at
-        await use(s, "other")
+        nursery.start_soon(busy_client, "slow")
+        await use(s, "other")  # slow serves its client 30 s (3 x 20, capped) first
         assert s.models["other"].loaded_at - loaded >= 30
         assert s.admission.residency(s.models["slow"]) == 30  # the cap: none waits longer
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_model_loses_its_residency_once_its_clients_are_done(autojump_clock):
+    launcher = FakeLauncher()
+    launcher.behaviour["slow"] = Behaviour(load_seconds=20)
+    s = Scheduler(specs("slow", "other"), launcher, models_max=1, min_residency=-1)
+    async with running(s):
+        await use(s, "slow")
+        done = trio.current_time()
+        await use(s, "other")  # slow sat idle: evicted after the grace, not after 30 s
+        assert s.models["other"].loaded_at - done < 2
 
 
 async def test_an_explicit_min_residency_overrides_the_cost(autojump_clock):
