@@ -30,6 +30,8 @@ from llmd.children.upstream import Upstream, UpstreamBroken
 log = logging.getLogger("llmd.prompt_cache")
 
 SAVE_BOUND = 5.0  # seconds saving may add to an unload (an eviction a load waits for)
+WORTH_SAVING = 256  # prompt tokens a slot must hold to be saved: a shorter one is
+# processed again in less time than saving and restoring it cost (~0.1 s per switch)
 RESTORE_BOUND = 10.0  # seconds restoring may add to a load before it goes on cold
 _MANIFEST = "manifest.json"
 
@@ -97,7 +99,7 @@ class SlotFiles:
         saved: dict[str, Any] = {}
         with trio.move_on_after(SAVE_BOUND) as bound:
             for slot in await self._slots(base_url):
-                if not slot.get("n_prompt_tokens") or slot.get("is_processing"):
+                if (slot.get("n_prompt_tokens") or 0) < WORTH_SAVING or slot.get("is_processing"):
                     continue
                 filename = f"slot-{slot['id']}.bin"
                 result = await self._post(base_url, int(slot["id"]), "save", filename)
