@@ -294,32 +294,37 @@ def swap_storm(server: str, tmp: Path) -> dict[str, dict[str, list[float]]]:
         tiny_gguf.write(models / f"{name}.gguf", layers=2, width=256, seed=len(name))
     out: dict[str, dict[str, list[float]]] = {}
     for target in (start_router(server, models, 1), start_llmd(server, models, tmp, 1)):
-        loads = _count_loads(target)
-        failures = []
-        start = time.perf_counter()
-
-        def client(model: str) -> None:
-            with httpx.Client(base_url=target.url, timeout=60) as c:
-                for _ in range(10):
-                    try:
-                        r = c.post("/completion", json={"model": model, "prompt": "hi",
-                                                        "n_predict": 4})
-                        if r.status_code != 200:
-                            failures.append(r.status_code)
-                    except httpx.HTTPError as exc:  # a timeout counts as a failure
-                        failures.append(repr(exc))
-
-        threads = [threading.Thread(target=client, args=(m,))
-                   for m in ("left", "right") * 3]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        elapsed = time.perf_counter() - start
-        out[target.name] = {"swap_time": [elapsed], "swap_loads": [float(loads())],
-                            "swap_failed": [float(len(failures))]}
+        elapsed, loads, failed = storm(target, ("left", "right"), timeout=60)
+        out[target.name] = {"swap_time": [elapsed], "swap_loads": [float(loads)],
+                            "swap_failed": [float(failed)]}
         target.stop()
     return out
+
+
+def storm(target: Target, models: tuple[str, str], timeout: float = 300
+          ) -> tuple[float, int, int]:
+    """3 clients per model, 10 requests each, all at once: seconds, loads, failures."""
+    loads = _count_loads(target)
+    failures: list[object] = []
+    start = time.perf_counter()
+
+    def client(model: str) -> None:
+        with httpx.Client(base_url=target.url, timeout=timeout) as c:
+            for _ in range(10):
+                try:
+                    r = c.post("/completion", json={"model": model, "prompt": "hi",
+                                                    "n_predict": 4})
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+                except httpx.HTTPError as exc:  # a timeout counts as a failure
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(m,)) for m in models * 3]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - start, loads(), len(failures)
 
 
 def _count_loads(t: Target) -> Callable[[], int]:

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from llmd.config import resolve_llama_server  # noqa: E402
 import run  # noqa: E402
-from run import Target, _count_loads, start_direct, start_router  # noqa: E402
+from run import Target, start_direct, start_router, storm  # noqa: E402
 from tests.helpers import free_port, gemma_file, healthy, wait_until  # noqa: E402
 
 ARGS = ["--ctx-size", "4096", "--threads", "2", "--parallel", "1"]
@@ -63,30 +62,6 @@ def models_dir(tmp: Path, name: str) -> Path:
     for model in ("a", "b"):
         (folder / f"{model}.gguf").symlink_to(gemma_file())
     return folder
-
-
-def storm(target: Target) -> tuple[float, int, int]:
-    loads = _count_loads(target)
-    failures: list[object] = []
-    start = time.perf_counter()
-
-    def client(model: str) -> None:
-        with httpx.Client(base_url=target.url, timeout=300) as c:
-            for _ in range(10):
-                try:
-                    r = c.post("/completion", json={"model": model, "prompt": "hi",
-                                                    "n_predict": 4})
-                    if r.status_code != 200:
-                        failures.append(r.status_code)
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-
-    threads = [threading.Thread(target=client, args=(m,)) for m in ("a", "b") * 3]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return time.perf_counter() - start, loads(), len(failures)
 
 
 def ask(url: str, model: str) -> tuple[dict, float]:
@@ -126,7 +101,7 @@ def main() -> None:
         for make in (lambda: start_router(server, models, 1),
                      lambda: start_llmd(server, models, tmp, args)):
             target = make()
-            seconds, loads, failed = storm(target)
+            seconds, loads, failed = storm(target, ("a", "b"))
             rows.append((label, target.name, seconds, loads, failed))
             target.stop()
     print("| swap storm | server | total s | loads | failed |")
