@@ -32,7 +32,9 @@ parser.add_argument("--port", type=int, default=8080)
 args, _unknown = parser.parse_known_args()
 
 with open(args.model) as f:
-    behaviour = json.load(f)
+    # The head only: a model padded to a size (tests/integration/test_progress.py) is read
+    # in by "grow_mib" below, as llama-server reads its weights, not all at once here.
+    behaviour = json.JSONDecoder().raw_decode(f.read(1 << 16).lstrip())[0]
 print(f"fake llama-server: model {args.model} behaviour {behaviour}", flush=True)
 print(f"fake llama-server: LLAMA_CACHE={os.environ.get('LLAMA_CACHE', '')}", flush=True)
 if behaviour.get("exit_on_load") is not None:
