@@ -41,14 +41,17 @@ LONG = " ".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i 
 MESSAGES = [{"role": "user", "content": LONG + " Summarise."}]
 
 
-def start_llmd(server: str, models: Path, tmp: Path, args: list[str], **extra: object
+def start_llmd(server: str, models: Path, tmp: Path, args: list[str], keep: bool = True
                ) -> Target:
     port = free_port()
     config = tmp / f"llmd-{port}.toml"
     config.write_text(tomli_w.dumps({
         "listen": f"127.0.0.1:{port}", "control_socket": str(tmp / f"llmd-{port}.sock"),
         "models_dir": str(models), "llama_server": server, "args": args, "models_max": 1,
-        "state_dir": str(tmp / "state"), "cache_dir": str(tmp / f"cache-{port}"), **extra}))
+        "state_dir": str(tmp / "state"), "cache_dir": str(tmp / f"cache-{port}"),
+        # Gemma 3 is a sliding-window model: its prompt cache is kept only when asked.
+        "models": {m: {"path": f"{m}.gguf", "keep_prompt_cache": keep} for m in ("a", "b")},
+        }))
     proc = subprocess.Popen([sys.executable, "-m", "llmd", "--config", str(config),
                              "--log-level", "warning"], stderr=subprocess.DEVNULL)
     t = Target("llmd", f"http://127.0.0.1:{port}", "a", [proc])
@@ -118,8 +121,7 @@ def main() -> None:
     direct.stop()
     for name, make in (
             ("llmd, keep_prompt_cache", lambda: start_llmd(server, models, tmp, ARGS)),
-            ("llmd, without", lambda: start_llmd(server, models, tmp, ARGS,
-                                                 keep_prompt_cache=False)),
+            ("llmd, without", lambda: start_llmd(server, models, tmp, ARGS, keep=False)),
             ("router", lambda: start_router(server, models, 1))):
         target = make()
         back.append((name, *swap_back(target)))

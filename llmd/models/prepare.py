@@ -16,6 +16,8 @@ from llmd.children import chat_template
 from llmd.models.catalog import ModelSpec
 from llmd.hub.download import DownloadError, Progress
 from llmd.memory.devices import process_resident
+from llmd.memory.gguf_meta import GGUFError, read_info
+from llmd.models.catalog import file_identity
 from llmd.errors import ModelFailed
 from llmd.models.model import DeviceTable, Failure, Model, NeedSource
 
@@ -71,6 +73,26 @@ async def _report_progress(model: Model, progressed: Callable[[Model], None]) ->
         if model.load is not None:
             model.load.downloaded(p.done, p.total, p.rate(trio.current_time()))
         progressed(model)
+
+
+# path -> (file identity, whether its layers use a sliding window)
+_windows: dict[str, tuple[tuple[int, ...] | None, bool]] = {}
+
+
+def sliding_window(path: str) -> bool:
+    """Whether the model file's attention uses a sliding window (Gemma 3, ...): read from its
+    header once per file version (~20 ms); False when unreadable."""
+    identity = file_identity(path)
+    cached = _windows.get(path)
+    if cached is None or cached[0] != identity:
+        try:
+            values = read_info(path)["values"]
+            window = any(k.endswith(".attention.sliding_window") and v for k, v in
+                         values.items())
+        except GGUFError:
+            window = False
+        cached = _windows[path] = (identity, window)
+    return cached[1]
 
 
 def kept_cache_args(model: Model) -> tuple[str, ...]:

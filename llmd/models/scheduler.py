@@ -84,6 +84,7 @@ class Scheduler:
         self.max_wait = max_wait  # seconds a request may wait for its model; < 0: no bound
         self.slot_files = slot_files  # slot_cache.SlotFiles: where prompt caches are kept
         self.keep_prompt_cache = keep_prompt_cache  # for models that don't say
+        self._window_noted: set[str] = set()  # models told they keep no prompt cache
         self.loads = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
         self.closing = False  # llmd is shutting down: requests in flight finish, no new work
@@ -372,10 +373,23 @@ class Scheduler:
         self._stop(model)
 
     def _keeps_prompts(self, model: Model) -> bool:
-        """Whether the model's prompt cache is kept across unloads (keep_prompt_cache)."""
+        """Whether the model's prompt cache is kept across unloads (keep_prompt_cache).
+
+        A sliding-window model needs --swa-full for a restored slot to count, a cache
+        several times the size: only its own keep_prompt_cache = true asks for that.
+        """
         keep = model.spec.keep_prompt_cache
-        return self.slot_files is not None and (self.keep_prompt_cache if keep is None
-                                                else keep)
+        if self.slot_files is None or keep is False or not self.keep_prompt_cache and not keep:
+            return False
+        if keep or "--swa-full" in model.spec.args or not prepare.sliding_window(
+                model.spec.path):
+            return True
+        if model.spec.name not in self._window_noted:
+            self._window_noted.add(model.spec.name)
+            log.info("%s: a sliding-window model: its prompt cache is kept across unloads "
+                     "only with keep_prompt_cache = true in its own table (that adds "
+                     "--swa-full, a full-size cache)", model.spec.name)
+        return False
 
     def _stop(self, model: Model) -> None:
         """Stop the model's child, or its load, noting what memory it leaves to release."""

@@ -27,13 +27,26 @@ def saved(d) -> list[Path]:
     return sorted((Path(d.config["cache_dir"]) / "prompt-cache").glob("*/*"))
 
 
+# Gemma 3 uses a sliding window: its own table must ask for the cache (and --swa-full).
+KEPT = {"gemma": {"path": "gemma.gguf", "keep_prompt_cache": True}}
+
+
 @pytest.fixture
 def gemma_daemon(daemon, llama_server, gemma, tmp_path):
     def start(**config):
         return daemon({"llama_server": llama_server, "args": ARGS,
-                       "cache_dir": str(tmp_path / "cache"), **config},
+                       "cache_dir": str(tmp_path / "cache"), "models": KEPT, **config},
                       models={"gemma.gguf": gemma})
     return start
+
+
+def test_a_sliding_window_model_keeps_its_cache_only_when_its_table_says_so(gemma_daemon):
+    d = gemma_daemon(models={})  # keep_prompt_cache = true, the default, is not enough
+    ask(d)
+    d.llmctl("unload", "gemma")
+    assert saved(d) == []
+    assert "a sliding-window model: its prompt cache is kept across unloads only" in d.log()
+    assert "--swa-full" not in d.models()["gemma"]["status"]["args"]
 
 
 def test_a_swapped_back_model_skips_the_prompt_it_had_processed(gemma_daemon):
@@ -51,7 +64,7 @@ def test_a_swapped_back_model_skips_the_prompt_it_had_processed(gemma_daemon):
 
 
 def test_keep_prompt_cache_off_saves_nothing(gemma_daemon):
-    d = gemma_daemon(keep_prompt_cache=False)
+    d = gemma_daemon(keep_prompt_cache=False, models={})
     ask(d)
     d.llmctl("unload", "gemma")
     assert saved(d) == []
@@ -73,11 +86,11 @@ def test_a_corrupt_or_missing_file_is_skipped_and_the_load_goes_on_cold(gemma_da
 
 
 def test_a_file_for_other_arguments_is_removed_not_restored(gemma_daemon):
-    d = gemma_daemon(models={"gemma": {"path": "gemma.gguf"}})
+    d = gemma_daemon()
     ask(d)
     d.llmctl("unload", "gemma")
     config = json.loads(json.dumps(d.config))
-    config["models"]["gemma"]["args"] = ["--temp", "0.5"]
+    config["models"]["gemma"]["args"] = ["--temp", "0.5"]  # (still keep_prompt_cache)
     import tomli_w
     d.config_path.write_text(tomli_w.dumps(config))
     d.llmctl("reload")
