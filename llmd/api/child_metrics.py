@@ -33,9 +33,8 @@ class ChildFigures:
 
 async def _get(upstream: Upstream, base_url: str, target: str) -> bytes | None:
     try:
-        response = await upstream.request("GET", base_url, target, (), b"")
-        body = await response.read_all()
-        return body if response.status == 200 else None
+        status, body = await upstream.fetch("GET", base_url, target)
+        return body if status == 200 else None
     except UpstreamBroken:
         return None
 

@@ -31,15 +31,22 @@ _NO = ("off", "0", "false", "no")
 _YES = ("on", "1", "true", "yes")
 
 
+def streaming_chat(path: str, request: dict[str, Any]) -> bool:
+    """Whether the request is a streaming chat whose wait can be narrated."""
+    return path in PATHS and request.get("stream") is True
+
+
+def asked(header: str | None, setting: bool) -> bool:
+    """Whether loading feedback is on: the request's header if it says, else `setting`
+    (the model's loading_feedback, or llmd's)."""
+    given = (header or "").strip().lower()
+    return False if given in _NO else given in _YES or setting
+
+
 def wanted(path: str, request: dict[str, Any], header: str | None, setting: bool) -> bool:
     """Whether this request gets its wait narrated: a streaming chat completion, with
     loading feedback on for its model (`setting`) unless its header says otherwise."""
-    if path not in PATHS or request.get("stream") is not True:
-        return False
-    asked = (header or "").strip().lower()
-    if asked in _NO:
-        return False
-    return asked in _YES or setting
+    return streaming_chat(path, request) and asked(header, setting)
 
 
 def _pct(fraction: float | None) -> str:

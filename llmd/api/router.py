@@ -261,13 +261,13 @@ class Router:
 
     def _narrate(self, scope: Scope, name: str, request: dict[str, Any]) -> Model | None:
         """The model whose load this request waits for with loading feedback, if it does."""
-        if scope["path"] not in feedback.PATHS or request.get("stream") is not True:
+        if not feedback.streaming_chat(scope["path"], request):
             return None  # the common case, decided without reading a header
-        header = asgi.header(scope, feedback.HEADER)
         model = self.scheduler.resolve(name, status=400, pull=self.scheduler.allow_pull)
         setting = model.spec.loading_feedback
         on = self.config.loading_feedback if setting is None else setting
-        if model.state is State.LOADED or not feedback.wanted(scope["path"], request, header, on):
+        if model.state is State.LOADED or not feedback.asked(
+                asgi.header(scope, feedback.HEADER), on):
             return None
         return model
 

@@ -67,6 +67,7 @@ class Child:
         self.lines_total = 0  # lines printed so far, including those the deque let go
         self.announced = False  # it printed that it listens on its port
         self.slots: int | None = None  # requests it serves at once (its /props total_slots)
+        self.n_ctx: int | None = None  # the context one request gets (its /props n_ctx)
         self._announcement = f"listening on {self.base_url}"
         self.returncode: int | None = None
         self.exited = trio.Event()
@@ -203,30 +204,30 @@ async def healthy(upstream: Upstream, base_url: str) -> bool:
     """Whether GET /health at `base_url` answers 200 within 5 s."""
     with trio.move_on_after(5):
         try:
-            response = await upstream.request("GET", base_url, "/health", (), b"")
-            try:
-                while await response.read():
-                    pass
-            finally:
-                response.close()
-            return response.status == 200
+            status, _ = await upstream.fetch("GET", base_url, "/health")
+            return status == 200
         except UpstreamBroken:
             pass
     return False
 
 
-async def total_slots(upstream: Upstream, base_url: str) -> int | None:
-    """How many requests the child serves at once (total_slots in its /props); None when it
-    does not say within 5 s."""
+def _positive(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+async def read_props(child: Child, upstream: Upstream) -> None:
+    """Note what the ready child says of itself in /props: how many requests it serves at
+    once (total_slots) and the context one request gets (n_ctx); None where it does not
+    say within 5 s."""
     with trio.move_on_after(5):
         try:
-            response = await upstream.request("GET", base_url, "/props", (), b"")
-            body = await response.read_all()
-            slots = json.loads(body).get("total_slots") if response.status == 200 else None
-            return slots if isinstance(slots, int) and slots > 0 else None
+            status, body = await upstream.fetch("GET", child.base_url, "/props")
+            props = json.loads(body) if status == 200 else {}
+            child.slots = _positive(props.get("total_slots"))
+            child.n_ctx = _positive((props.get("default_generation_settings") or {}).get(
+                "n_ctx"))
         except (UpstreamBroken, ValueError, AttributeError):
             pass
-    return None
 
 
 async def wait_ready(child: Child, upstream: Upstream) -> None:
@@ -310,8 +311,8 @@ async def _run(child: Child, on_ready: Callable[[Child], None], *, upstream: Ups
         except ChildExited as exc:
             return Exit(exc.code, f"llama-server exited with code {exc.code} while loading",
                         list(child.output), False)
-        # What max_queue counts as waiting: requests beyond these (one request, ~1 ms).
-        child.slots = await total_slots(upstream, child.base_url)
+        # Its slots (what max_queue counts beyond) and context (Ollama's num_ctx): ~1 ms.
+        await read_props(child, upstream)
         on_ready(child)
         await child.exited.wait()
     code = child.returncode

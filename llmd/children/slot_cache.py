@@ -67,15 +67,14 @@ class SlotFiles:
                     ) -> dict[str, Any] | None:
         body = json.dumps({"filename": filename}).encode()
         try:
-            response = await self.upstream.request(
-                "POST", base_url, f"/slots/{slot}?action={action}",
-                [(b"content-type", b"application/json")], body)
-            raw = await response.read_all()
+            status, raw = await self.upstream.fetch(
+                "POST", base_url, f"/slots/{slot}?action={action}", body,
+                [(b"content-type", b"application/json")])
         except UpstreamBroken as exc:
             log.warning("slot %d %s: %s", slot, action, exc)
             return None
-        if response.status != 200:
-            log.warning("slot %d %s refused (%d): %s", slot, action, response.status,
+        if status != 200:
+            log.warning("slot %d %s refused (%d): %s", slot, action, status,
                         raw[:200].decode("utf-8", "replace"))
             return None
         try:
@@ -86,9 +85,8 @@ class SlotFiles:
 
     async def _slots(self, base_url: str) -> list[dict[str, Any]]:
         try:
-            response = await self.upstream.request("GET", base_url, "/slots", (), b"")
-            raw = await response.read_all()
-            slots = json.loads(raw) if response.status == 200 else []
+            status, raw = await self.upstream.fetch("GET", base_url, "/slots")
+            slots = json.loads(raw) if status == 200 else []
         except (UpstreamBroken, ValueError):
             return []
         return [s for s in slots if isinstance(s, dict)] if isinstance(slots, list) else []

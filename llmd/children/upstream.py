@@ -184,6 +184,12 @@ class Upstream:
         self._sweep = trio.CancelScope()  # close_idle's sleep, until the next expiry
         self.retries = 0  # requests sent again after a kept-alive connection went stale
 
+    async def fetch(self, method: str, base_url: str, target: str, body: bytes = b"",
+                    headers: Iterable[tuple[bytes, bytes]] = ()) -> tuple[int, bytes]:
+        """One request and its whole answer: (status, body); raises UpstreamBroken."""
+        response = await self.request(method, base_url, target, headers, body)
+        return response.status, await response.read_all()
+
     async def request(self, method: str, base_url: str, target: str,
                       headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Response:
         """Send a request to the child at `base_url`; return once the response head is in."""

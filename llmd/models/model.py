@@ -24,6 +24,7 @@ class Handle(Protocol):
     base_url: str
     lines_total: int  # output lines printed so far
     slots: int | None  # requests it serves at once (llama-server's total_slots), if known
+    n_ctx: int | None  # the context one request gets (llama-server's n_ctx), if known
 
     def tail(self, n: int = 20) -> list[str]: ...
 

@@ -75,24 +75,35 @@ async def _report_progress(model: Model, progressed: Callable[[Model], None]) ->
         progressed(model)
 
 
-# path -> (file identity, whether its layers use a sliding window)
-_windows: dict[str, tuple[tuple[int, ...] | None, bool]] = {}
+# path -> (file identity, its header, or None when unreadable)
+_headers: dict[str, tuple[tuple[int, ...] | None, dict[str, Any] | None]] = {}
+
+
+def header_known(path: str) -> bool:
+    """Whether header(path) would answer from what it has read (no file read)."""
+    cached = _headers.get(path)
+    return cached is not None and cached[0] == file_identity(path)
+
+
+def header(path: str) -> dict[str, Any] | None:
+    """The model file's whole header (gguf_meta.read_info), read once per file version
+    (~20 ms); None when there is no readable file."""
+    identity = file_identity(path)
+    cached = _headers.get(path)
+    if cached is None or cached[0] != identity:
+        try:
+            found = read_info(path) if identity is not None else None
+        except GGUFError:
+            found = None
+        cached = _headers[path] = (identity, found)
+    return cached[1]
 
 
 def sliding_window(path: str) -> bool:
-    """Whether the model file's attention uses a sliding window (Gemma 3, ...): read from its
-    header once per file version (~20 ms); False when unreadable."""
-    identity = file_identity(path)
-    cached = _windows.get(path)
-    if cached is None or cached[0] != identity:
-        try:
-            values = read_info(path)["values"]
-            window = any(k.endswith(".attention.sliding_window") and v for k, v in
-                         values.items())
-        except GGUFError:
-            window = False
-        cached = _windows[path] = (identity, window)
-    return cached[1]
+    """Whether the model file's attention uses a sliding window (Gemma 3, ...); False when
+    its header is unreadable."""
+    values = (header(path) or {}).get("values", {})
+    return any(k.endswith(".attention.sliding_window") and v for k, v in values.items())
 
 
 def kept_cache_args(model: Model) -> tuple[str, ...]:
@@ -139,8 +150,8 @@ def launch_spec(model: Model, look: bool = True) -> ModelSpec:
     return dataclasses.replace(spec, args=(*spec.args, *extra)) if extra else spec
 
 
-def expected_mib(spec: ModelSpec) -> int:
-    """What a loaded child holds of its model: the model file and its projector, in MiB."""
+def model_bytes(spec: ModelSpec) -> int:
+    """The size of the model's files on disk: the model file and its projector."""
     total = 0
     for path in (spec.path, spec.mmproj):
         if path:
@@ -148,7 +159,12 @@ def expected_mib(spec: ModelSpec) -> int:
                 total += os.stat(path).st_size
             except OSError:
                 pass
-    return total >> 20
+    return total
+
+
+def expected_mib(spec: ModelSpec) -> int:
+    """What a loaded child holds of its model: its files, in MiB."""
+    return model_bytes(spec) >> 20
 
 
 def resident_mib(pid: int, devices: DeviceTable | None) -> int | None:

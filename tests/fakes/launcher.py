@@ -20,6 +20,7 @@ class FakeHandle:
     exited: trio.Event = field(default_factory=trio.Event)
     lines_total: int = 1
     slots: int | None = None
+    n_ctx: int | None = None
 
     async def wait_activity(self) -> None:
         await self.exited.wait()

@@ -10,8 +10,7 @@ from typing import Any
 import trio
 
 from llmd.api.ollama.convert import iso
-from llmd.memory.gguf_meta import GGUFError, read_info
-from llmd.models.catalog import file_identity
+from llmd.models import prepare
 from llmd.models.model import Model
 from llmd.models.state import UP
 
@@ -23,39 +22,14 @@ _QUANTS = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q
            28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
            37: "TQ2_0", 38: "MXFP4"}
 _NEVER = "9999-12-31T23:59:59Z"  # expires_at of a model kept loaded until unloaded
-# path -> (file identity, header info or None when unreadable)
-_infos: dict[str, tuple[tuple[int, ...] | None, dict[str, Any] | None]] = {}
-
-
-def _read(path: str) -> dict[str, Any] | None:
-    try:
-        return read_info(path)
-    except GGUFError:
-        return None
-
-
 async def info(path: str) -> dict[str, Any] | None:
-    """The model file's header (gguf_meta.read_info), read once per file version, off the
-    event loop; None when there is no readable file."""
+    """The model file's header (prepare.header), read off the event loop the first time;
+    None when there is no readable file."""
     if not path:
         return None
-    identity = file_identity(path)
-    cached = _infos.get(path)
-    if cached is not None and cached[0] == identity:
-        return cached[1]
-    found = await trio.to_thread.run_sync(_read, path) if identity is not None else None
-    _infos[path] = (identity, found)
-    return found
-
-
-def _size(spec_path: str, mmproj: str) -> int:
-    total = 0
-    for path in (spec_path, mmproj):
-        try:
-            total += os.stat(path).st_size if path else 0
-        except OSError:
-            pass
-    return total
+    if prepare.header_known(path):
+        return prepare.header(path)
+    return await trio.to_thread.run_sync(prepare.header, path)
 
 
 def parameter_size(n: int) -> str:
@@ -95,7 +69,7 @@ async def tag(model: Model) -> dict[str, Any]:
     """One entry of /api/tags."""
     spec = model.spec
     return {"name": spec.name, "model": spec.name, "modified_at": _modified(spec.path),
-            "size": _size(spec.path, spec.mmproj), "digest": digest(model),
+            "size": prepare.model_bytes(spec), "digest": digest(model),
             "details": details(await info(spec.path))}
 
 

@@ -75,7 +75,6 @@ class OllamaApi:
         self.scheduler = scheduler
         self.upstream = upstream
         self.allow_pull = allow_pull
-        self._n_ctx: dict[str, int | None] = {}  # child base URL -> its context size
 
     async def handle(self, send: Send, method: str, path: str, body: bytes,
                      status: dict[str, Any], max_wait: float | None = None) -> None:
@@ -94,8 +93,8 @@ class OllamaApi:
             running = []
             for m in [m for m in self.scheduler.models.values() if m.state in UP]:
                 entry = await describe.running(m, now)
-                if m.handle is not None and self._n_ctx.get(m.handle.base_url):
-                    entry["context_length"] = self._n_ctx[m.handle.base_url]
+                if m.handle is not None and m.handle.n_ctx:
+                    entry["context_length"] = m.handle.n_ctx
                 running.append(entry)
             return await asgi.send_json(send, 200, {"models": running})
         if not ((method == "POST" and path in POST) or (method == "DELETE"
@@ -127,18 +126,6 @@ class OllamaApi:
             if name.endswith(":latest"):
                 return self.scheduler.resolve(name.removesuffix(":latest"))
             raise
-
-    async def _context(self, handle: Handle) -> int | None:
-        """The child's context size (n_ctx from its /props), asked once per child."""
-        if handle.base_url not in self._n_ctx:
-            n_ctx = None
-            try:
-                props = await self._call(handle, "GET", "/props", None)
-                n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
-            except LlmdError:
-                pass
-            self._n_ctx[handle.base_url] = n_ctx if isinstance(n_ctx, int) else None
-        return self._n_ctx[handle.base_url]
 
     async def _open(self, handle: Handle, method: str, target: str,
                     body: dict[str, Any] | None) -> Response:
@@ -176,8 +163,7 @@ class OllamaApi:
         options = body.pop("_options")
         async with self.scheduler.lease(name, max_wait=max_wait) as handle:
             loaded = trio.current_time() - started
-            n_ctx = await self._context(handle)
-            body.update(convert.options(options, n_ctx))
+            body.update(convert.options(options, handle.n_ctx))
             raw = body.pop("_raw", False)
             target = "/completion" if raw else "/v1/chat/completions"
             if raw and "max_tokens" in body:
