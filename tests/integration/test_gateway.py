@@ -151,3 +151,18 @@ def test_litellms_router_routes_fails_over_and_routes_around_a_stopped_host(daem
     # A stopped: requests for the shared model are routed around it.
     a.stop()
     assert {_served_by(router, "shared") for _ in range(6)} == {b.url + "/v1"}
+
+
+@pytest.mark.real
+def test_a_real_childs_queue_running_and_kv_figures_reach_llmds_metrics(daemon, llama_server,
+                                                                       gemma):
+    d = daemon({"llama_server": llama_server,
+                "args": ["--ctx-size", "1024", "--threads", "2", "--parallel", "2"]},
+               models={"gemma.gguf": gemma})
+    assert chat(d, "gemma").status_code == 200
+    lines = d.http.get("/metrics").text.splitlines()
+    for metric in ("llmd_child_requests_waiting", "llmd_child_requests_running",
+                   "llmd_child_kv_cache_usage_ratio"):
+        (line,) = [x for x in lines if x.startswith(f'{metric}{{model="gemma"}} ')]
+        assert 0 <= float(line.split()[1]) <= 1, line  # idle now: nothing queued or held
+    assert 'llmd_model_slots{model="gemma"} 2' in lines
