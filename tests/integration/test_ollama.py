@@ -29,6 +29,16 @@ def gemma_daemon(daemon, llama_server, gemma):
     return start
 
 
+def assert_capped(final, limit: int) -> None:
+    """A reply under num_predict=limit: "length" exactly at the cap, else the model stopped early.
+
+    Whether a tiny model emits its end token within a few tokens differs between CPUs, so
+    the test pins the mapping, not the text.
+    """
+    assert final.done_reason in ("stop", "length") and 0 < final.eval_count <= limit
+    assert final.done_reason == "stop" or final.eval_count == limit
+
+
 def test_the_ollama_client_lists_shows_chats_generates_and_embeds(gemma_daemon):
     d = gemma_daemon()
     client = ollama.Client(host=d.url)
@@ -49,14 +59,16 @@ def test_the_ollama_client_lists_shows_chats_generates_and_embeds(gemma_daemon):
                              messages=[{"role": "user", "content": "Count to three."}]))
     assert [p.done for p in parts] == [False] * (len(parts) - 1) + [True]
     assert "".join(p.message.content for p in parts).strip()
-    assert parts[-1].done_reason == "length" and parts[-1].eval_count == 6
+    assert_capped(parts[-1], 6)
 
     generated = client.generate(model="gemma", prompt="Once upon a time", system="Be brief.",
                                 options={"num_predict": 5})
-    assert generated.response and generated.done_reason == "length"
+    assert generated.response
+    assert_capped(generated, 5)
     raw = list(client.generate(model="gemma", prompt="User: hi\nAssistant:", raw=True,
                                stream=True, options={"num_predict": 4}))
-    assert raw[-1].done and raw[-1].eval_count == 4
+    assert raw[-1].done
+    assert_capped(raw[-1], 4)
 
     (running,) = client.ps().models
     assert running.model == "gemma" and running.size > listed.size and running.size_vram == 0
