@@ -2,7 +2,9 @@
 same llama-server build, same Gemma 3 270M file (issue 25).
 
 1. Swap storm, models_max = 1: two models (two names for the Gemma file), 3 clients each,
-   10 requests per client. Once with a cheap load (mmap) and once with an expensive one
+   10 requests per client. Before it, each server has served one request to each model
+   (a, then b), as a server has by the time a storm finds it: llmd's estimates are made
+   (it keeps them on disk across restarts) and both start the storm with b loaded. Once with a cheap load (mmap) and once with an expensive one
    (--load-mode dio, this build's direct I/O: every load reads the whole file from disk;
    it has no --no-mmap). Total time, loads, failures.
 2. Swap-back: a ~2,000-token prompt to model A, a request to B (A is evicted), then the
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from llmd.config import resolve_llama_server  # noqa: E402
 import run  # noqa: E402
-from run import Target, start_direct, start_router, storm  # noqa: E402
+from run import Target, start_direct, start_router, storm, warm_up  # noqa: E402
 from tests.helpers import free_port, gemma_file, healthy, wait_until  # noqa: E402
 
 ARGS = ["--ctx-size", "4096", "--threads", "2", "--parallel", "1"]
@@ -104,6 +106,7 @@ def main() -> None:
         for make in (lambda: start_router(server, models, 1),
                      lambda: start_llmd(server, models, tmp, args)):
             target = make()
+            warm_up(target, ("a", "b"))
             seconds, loads, failed = storm(target, ("a", "b"))
             rows.append((label, target.name, seconds, loads, failed))
             target.stop()
