@@ -316,7 +316,7 @@ async def run(config: Config, specs: dict[str, ModelSpec] | None = None,
                                       lambda: identity(config.llama_server)),
                                   keep_prompt_cache=config.keep_prompt_cache,
                                   binary=lambda: identity(config.llama_server),
-                                  **memory_accounting(config))
+                                  upstream=upstream, **memory_accounting(config))
             limits = {app: server.Limit(config.max_connections or 1 << 30)
                       for app in ("router", "control")}
             router = Router(config, scheduler, Proxy(upstream),

@@ -12,14 +12,13 @@ arrive meanwhile queue behind the load instead of keeping it busy for ever.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Awaitable, Callable, Mapping
 
 import trio
 
 from llmd.memory import books
-from llmd.models import eviction
+from llmd.models import eviction, residency
 from llmd.memory import prompt_cache
 from llmd.memory.books import Ledger
 from llmd.errors import NoRoom
@@ -29,17 +28,13 @@ from llmd.models.progress import Queue
 from llmd.models.state import RUNNING, State
 
 log = logging.getLogger("llmd.admission")
-RESIDENCY_FACTOR = 3.0  # a model serves three times its load time before eviction...
-RESIDENCY_CAP = 30.0  # ...up to this many seconds (min_residency < 0: the default)
-IDLE_GRACE = 0.5  # ...unless it sits idle this long: a client's next request comes sooner
-
 
 
 class Admission:
     """Decides when a load may start, and which running models make room for it.
 
     The scheduler owns every model's state; admission reads it, and changes it only
-    through the three callables it is given: `evict` unloads an idle model, `drain`
+    through the callables it is given: `evict` unloads an idle model, `drain`
     lets a busy one finish its requests and then stop, `undrain` has a drained model
     that was not needed after all serve again.
     """
@@ -51,7 +46,8 @@ class Admission:
                  drain_timeout: float = 600, cache_ram_mib: int = 0,
                  release_timeout: float = RELEASE_TIMEOUT,
                  child_env: Mapping[str, str] | None = None,
-                 waiting: Callable[[Model, Queue], None] = lambda model, queue: None) -> None:
+                 waiting: Callable[[Model, Queue], None] = lambda model, queue: None,
+                 weigh: Callable[[Model], Awaitable[None]] | None = None) -> None:
         self.models = models
         self.devices = devices  # None: count models only, no memory accounting
         self.cache_ram_mib = cache_ram_mib  # the most prompt cache a child is given
@@ -64,6 +60,7 @@ class Admission:
         self.evictions = 0
         self._evict, self._drain, self._undrain = evict, drain, undrain
         self._waiting = waiting  # told where each queued load stands, as that changes
+        self._weigh = weigh  # notes the prompt work evicting a model would lose
         self.queue: list[Model] = []  # loads waiting for admission, first come first
         self._why: tuple[str, str | None] = ("turn", None)  # what the first one waits for
         self._turn = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
@@ -161,6 +158,7 @@ class Admission:
                               b.device.free, b.children, b.booked, b.device.margin)
             # A model inside its residency is not evicted yet: under a swap storm each load
             # then serves its clients for a while, not one request each.
+            await self._weigh_young()
             now = trio.current_time()
 
             def young(m: Model) -> bool:
@@ -182,6 +180,15 @@ class Admission:
         self._why = self._waits_for(model, where, over, drained)
         return None
 
+    async def _weigh_young(self) -> None:
+        """Have each model inside its residency note what evicting it would lose now."""
+        if self._weigh is None:
+            return
+        now = trio.current_time()
+        for m in list(self.models.values()):
+            if m.state is State.LOADED and self.protected_until(m) > now:
+                await self._weigh(m)
+
     def _waits_for(self, model: Model, where: list[str], over: bool,
                    drained: list[Model]) -> tuple[str, str | None]:
         """What a load that found no room waits for, and on which model, for its progress."""
@@ -194,24 +201,12 @@ class Admission:
         return ("models_max" if over else "room"), None
 
     def residency(self, model: Model) -> float:
-        """Seconds a freshly loaded model is kept from eviction: min_residency when set
-        (0 or more), else by what its load cost: RESIDENCY_FACTOR times its smoothed
-        load time, at most RESIDENCY_CAP. Cheap loads swap freely; costly ones serve a
-        while first. A queued load waits at most RESIDENCY_CAP for residency to end."""
-        if self.min_residency >= 0:
-            return self.min_residency
-        return min(RESIDENCY_CAP, RESIDENCY_FACTOR * (model.load_seconds or 0.0))
+        """Seconds a freshly loaded model is kept from eviction (residency.py)."""
+        return residency.length(model, self.min_residency)
 
     def protected_until(self, model: Model) -> float:
-        """When the model's residency protection ends: at the end of its residency, or
-        sooner once it has sat idle IDLE_GRACE seconds (its clients are done: holding it
-        longer would only keep the next model's clients waiting)."""
-        if model.loaded_at is None:
-            return -math.inf
-        end = model.loaded_at + self.residency(model)
-        if model.leases == 0 and self.min_residency < 0:
-            end = min(end, model.last_used + IDLE_GRACE)
-        return end
+        """When the model's protection from eviction ends (residency.py)."""
+        return residency.protected_until(model, self.min_residency)
 
     def _short(self, model: Model, ledgers: list[Ledger]) -> list[str]:
         need = model.holding().need()

@@ -101,6 +101,10 @@ class Model:
     lease_scopes: dict[trio.CancelScope, float] = field(default_factory=dict)
     request_seconds: float | None = None  # how long its requests take, smoothed (waits.py)
     load_seconds: float | None = None  # how long its child takes to load, smoothed
+    # Seconds its child would take to process its slots' prompts again after an eviction
+    # that does not keep them, as last read (residency.py), and when that was read.
+    prompt_seconds: float = 0.0
+    prompt_read_at: float = -math.inf
     loading_since: float | None = None  # when its child was started, while it loads
     output: list[str] = field(default_factory=list)  # the last child's output, kept after it ends
     need: dict[str, int] = field(default_factory=dict)  # MiB per device, estimated

@@ -16,6 +16,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
+from llmd.children import prompt_work
+from llmd.children.upstream import Upstream
 from llmd.models import idle, prepare, reporting, waits
 from llmd.api import status
 from llmd.models.admission import Admission
@@ -67,6 +69,7 @@ class Scheduler:
         keep_prompt_cache: bool = False,
         binary: Callable[[], object] = lambda: None,
         resident: Callable[[int], int | None] | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self.models = {name: Model(spec) for name, spec in specs.items()}
         self._names = names(specs)
@@ -75,7 +78,8 @@ class Scheduler:
         self.admission = Admission(self.models, devices, evict=self._unload, drain=self._drain,
                                    undrain=self._undrain, models_max=models_max,
                                    min_residency=min_residency, drain_timeout=drain_timeout,
-                                   cache_ram_mib=cache_ram_mib, waiting=self._queued)
+                                   cache_ram_mib=cache_ram_mib, waiting=self._queued,
+                                   weigh=self._weigh)
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
         self.default_args = default_args  # for hub models named in a request or llmctl
@@ -83,6 +87,7 @@ class Scheduler:
         self.max_queue = max_queue  # requests that may wait for one model (waits.waiting)
         self.max_wait = max_wait  # seconds a request may wait for its model; < 0: no bound
         self.slot_files = slot_files  # slot_cache.SlotFiles: where prompt caches are kept
+        self.upstream = upstream  # to ask children what prompts they hold (None: never)
         self.keep_prompt_cache = keep_prompt_cache  # for models that don't say
         self._window_noted: set[str] = set()  # models told they keep no prompt cache
         self.loads = 0
@@ -391,6 +396,19 @@ class Scheduler:
                      "--swa-full, a full-size cache)", model.spec.name)
         return False
 
+    async def _weigh(self, model: Model) -> None:
+        """Note the prompt work evicting `model` would lose (residency.py): none when its
+        prompt cache is kept, else what its child holds, read at most every second."""
+        now = trio.current_time()
+        if self.upstream is None or model.handle is None or now < model.prompt_read_at + 1:
+            return
+        model.prompt_read_at = now
+        if self._keeps_prompts(model):
+            model.prompt_seconds = 0.0  # saved before the stop, restored after the load
+            return
+        held = await prompt_work.held_seconds(self.upstream, model.handle.base_url)
+        model.prompt_seconds = held or 0.0
+
     def _stop(self, model: Model) -> None:
         """Stop the model's child, or its load, noting what memory it leaves to release."""
         assert model.scope is not None
@@ -449,6 +467,7 @@ class Scheduler:
         model.discard_partial = False
         model.handle = None
         model.measured = {}
+        model.prompt_seconds, model.prompt_read_at = 0.0, -math.inf
         model.growth, model.cache_ram = {}, None
         model.keep_alive = None  # a client's keep_alive lasts as long as this run
         model.loaded_at = None

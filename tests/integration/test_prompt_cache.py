@@ -105,3 +105,24 @@ def test_over_the_budget_the_oldest_saved_slots_go(gemma_daemon):
     wait_until(lambda: "prompt cache over its budget" in d.log(), 5, "the budget enforced")
     assert saved(d) == []
     assert ask(d)["prompt_n"] > 1900
+
+
+def test_a_real_child_says_what_processing_its_prompts_again_would_cost(gemma_daemon):
+    # What residency weighs for a model whose prompt cache is not kept (residency.py).
+    import trio
+
+    from llmd.children import prompt_work
+    from llmd.children.upstream import Upstream
+
+    d = gemma_daemon(models={})
+    cold = ask(d)
+    port = d.models()["gemma"]["port"]
+
+    async def read() -> float | None:
+        async with Upstream() as upstream:
+            return await prompt_work.held_seconds(upstream, f"http://127.0.0.1:{port}")
+
+    seconds = trio.run(read)
+    # The slot holds the prompt and the reply; the rate is the child's average so far.
+    assert seconds is not None
+    assert 0.8 * cold["prompt_ms"] / 1000 < seconds < 1.5 * cold["prompt_ms"] / 1000

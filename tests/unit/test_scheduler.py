@@ -371,12 +371,12 @@ async def test_by_cost_a_cheap_load_swaps_at_once_and_a_costly_one_serves_first(
         await use(s, "cheap")
         nursery.start_soon(busy_client, "cheap")
         start = trio.current_time()
-        await use(s, "other")  # cheap is protected for 3 x 0.05 s only
+        await use(s, "other")  # cheap is protected for 5 x 0.05 s only
         assert trio.current_time() - start < 2.5
         await use(s, "slow")
         loaded = s.models["slow"].loaded_at
         nursery.start_soon(busy_client, "slow")
-        await use(s, "other")  # slow serves its client 30 s (3 x 20, capped) first
+        await use(s, "other")  # slow serves its client 30 s (5 x 20, capped) first
         assert s.models["other"].loaded_at - loaded >= 30
         assert s.admission.residency(s.models["slow"]) == 30  # the cap: none waits longer
         nursery.cancel_scope.cancel()
