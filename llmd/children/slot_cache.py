@@ -17,15 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
 from llmd.children.upstream import Upstream, UpstreamBroken
+from llmd.models.catalog import file_identity
 
 log = logging.getLogger("llmd.prompt_cache")
 
@@ -36,15 +36,16 @@ RESTORE_BOUND = 10.0  # seconds restoring may add to a load before it goes on co
 _MANIFEST = "manifest.json"
 
 
-def _key(path: str, args: Sequence[str], binary: object) -> str:
-    """What saved slots belong to: the model file, the child's arguments, the build."""
-    try:
-        st = os.stat(path)
-        identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-    except OSError:
-        identity = []
-    return hashlib.sha256(json.dumps([path, identity, list(args), repr(binary)]).encode()
-                          ).hexdigest()
+def _key(path: str, identity: Sequence[int] | None, args: Sequence[str], binary: object
+         ) -> str:
+    """What saved slots belong to: the model file (its path and identity, catalog's
+    file_identity), the child's arguments, the build."""
+    return hashlib.sha256(json.dumps([path, list(identity or ()), list(args), repr(binary)]
+                                     ).encode()).hexdigest()
+
+
+def _folder_name(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 class SlotFiles:
@@ -59,7 +60,7 @@ class SlotFiles:
 
     def folder(self, name: str) -> Path:
         """The model's folder (made if missing): what --slot-save-path points at."""
-        folder = self.root / hashlib.sha256(name.encode()).hexdigest()[:16]
+        folder = self.root / _folder_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -91,8 +92,17 @@ class SlotFiles:
             return []
         return [s for s in slots if isinstance(s, dict)] if isinstance(slots, list) else []
 
-    async def save(self, name: str, base_url: str, path: str, args: Sequence[str]) -> int:
-        """Save the slots of the running child that hold a prompt; how many were saved."""
+    async def save(self, name: str, base_url: str, path: str,
+                   identity: Sequence[int] | None, args: Sequence[str]) -> int:
+        """Save the slots of the running child that hold a prompt; how many were saved.
+
+        `identity` is the model file's when the child started: if the file at `path` has
+        changed since, nothing is saved and what was kept for the model goes."""
+        if file_identity(path) != identity:
+            log.info("%s: its model file changed under it; its prompt cache is not kept",
+                     name)
+            self.clear(name)
+            return 0
         folder = self.folder(name)
         saved: dict[str, Any] = {}
         with trio.move_on_after(SAVE_BOUND) as bound:
@@ -108,7 +118,8 @@ class SlotFiles:
             log.warning("%s: saving its prompt cache took over %gs; the rest is dropped",
                         name, SAVE_BOUND)
         if saved:
-            manifest = {"key": _key(path, args, self.binary()), "saved_at": time.time(),
+            manifest = {"key": _key(path, identity, args, self.binary()),
+                        "saved_at": time.time(),
                         "slots": saved}
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -121,10 +132,11 @@ class SlotFiles:
                 return 0
         return len(saved)
 
-    async def restore(self, name: str, base_url: str, path: str, args: Sequence[str]) -> int:
-        """Restore what was saved for this model file, arguments and build; how many slots.
-
-        Anything else found is skipped with a log line and removed."""
+    async def restore(self, name: str, base_url: str, path: str,
+                      identity: Sequence[int] | None, args: Sequence[str]) -> int:
+        """Restore what was saved for this model file (`identity`: the file the child
+        started with), arguments and build; how many slots. Anything else found is
+        skipped with a log line and removed."""
         folder = self.folder(name)
         try:
             manifest = json.loads((folder / _MANIFEST).read_text())
@@ -134,7 +146,7 @@ class SlotFiles:
             log.warning("%s: its prompt cache manifest is unreadable; loading cold", name)
             self.clear(name)
             return 0
-        if manifest.get("key") != _key(path, args, self.binary()):
+        if manifest.get("key") != _key(path, identity, args, self.binary()):
             log.info("%s: its saved prompt cache is for another model file, other arguments "
                      "or another llama-server; removed, loading cold", name)
             self.clear(name)
@@ -157,8 +169,28 @@ class SlotFiles:
 
     def clear(self, name: str) -> None:
         """Remove everything saved for the model."""
-        shutil.rmtree(self.root / hashlib.sha256(name.encode()).hexdigest()[:16],
-                      ignore_errors=True)
+        shutil.rmtree(self.root / _folder_name(name), ignore_errors=True)
+
+    def prune(self, models: Mapping[str, tuple[str, Sequence[str]]]) -> None:
+        """Remove what was saved for models no longer known, and for model files (or
+        arguments, or builds) that changed; `models` maps each known model's name to its
+        (path, arguments). A folder without a manifest may be a running child's: kept."""
+        wanted = {_folder_name(name): (name, path, args)
+                  for name, (path, args) in models.items()}
+        folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.is_dir() else []
+        for folder in folders:
+            try:
+                key = json.loads((folder / _MANIFEST).read_text()).get("key")
+            except (OSError, ValueError, AttributeError):
+                continue
+            known = wanted.get(folder.name)
+            if known is not None:
+                name, path, args = known
+                if key == _key(path, file_identity(path), args, self.binary()):
+                    continue
+                log.info("%s: its model file, arguments or llama-server changed; its saved "
+                         "prompt cache is removed", name)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def keep_within_budget(self) -> None:
         """Remove the oldest models' saved slots until all fit in the budget."""

@@ -102,6 +102,7 @@ class Scheduler:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery every model's supervisor runs in; on cancel, stop them all."""
+        self._prune_prompt_caches()  # files replaced while llmd was not running
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for model in self.models.values():
@@ -368,14 +369,23 @@ class Scheduler:
         if model.state != DRAINING or model.scope is None:
             return
         handle = model.handle
-        if self._keeps_prompts(model) and handle is not None and not model.scope.cancel_called:
+        named = self._names.get(model.spec.name) == model.spec.name  # not being retired
+        if self._keeps_prompts(model) and named and handle is not None \
+                and not model.scope.cancel_called:
             assert self.slot_files is not None
             # Bounded (slot_cache.SAVE_BOUND): a load waiting for this room waits no longer.
             await self.slot_files.save(model.spec.name, handle.base_url, model.spec.path,
-                                       model.spec.child_args())
+                                       model.file_id, model.spec.child_args())
             if model.state != DRAINING or model.scope is None:
                 return  # room was found elsewhere meanwhile: it serves on
         self._stop(model)
+
+    def _prune_prompt_caches(self) -> None:
+        """Drop the prompt caches kept for models gone and for files, arguments or
+        llama-server builds that changed (slot_cache.SlotFiles.prune)."""
+        if self.slot_files is not None:
+            self.slot_files.prune({n: (m.spec.path, m.spec.child_args())
+                                   for n, m in self.models.items() if self._names.get(n) == n})
 
     def _keeps_prompts(self, model: Model) -> bool:
         """Whether the model's prompt cache is kept across unloads (keep_prompt_cache).
@@ -539,7 +549,7 @@ class Scheduler:
         """Restore the model's saved prompt cache before its first request is let in."""
         assert self.slot_files is not None
         await self.slot_files.restore(model.spec.name, handle.base_url, model.spec.path,
-                                      model.spec.child_args())
+                                      model.file_id, model.spec.child_args())
         if model.attempt == attempt and model.handle is handle and model.state == LOADING:
             self._serve(model)
 
@@ -618,6 +628,7 @@ class Scheduler:
         # Retired models can no longer be named by new requests; pulled ones stay.
         self._names = names(specs) | {n: n for n, m in self.models.items()
                                       if m.spec.source == "pull"}
+        self._prune_prompt_caches()
         self.events.publish({"model": "*", "event": "models_reload",
                        "data": {"added": added, "removed": removed, "changed": changed}})
         return {"added": added, "removed": removed, "changed": changed}

@@ -85,17 +85,30 @@ def test_a_corrupt_or_missing_file_is_skipped_and_the_load_goes_on_cold(gemma_da
     assert "slot 0's saved prompt cache is missing; skipped" in d.log()
 
 
-def test_a_file_for_other_arguments_is_removed_not_restored(gemma_daemon):
+def test_a_reload_removes_saved_slots_for_other_arguments_or_a_replaced_file(gemma_daemon):
+    import shutil
+
+    import tomli_w
+
     d = gemma_daemon()
     ask(d)
     d.llmctl("unload", "gemma")
+    assert saved(d)
     config = json.loads(json.dumps(d.config))
     config["models"]["gemma"]["args"] = ["--temp", "0.5"]  # (still keep_prompt_cache)
-    import tomli_w
     d.config_path.write_text(tomli_w.dumps(config))
     d.llmctl("reload")
+    assert saved(d) == []  # gone at the reload, before any load
+    assert "gemma: its model file, arguments or llama-server changed" in d.log()
     assert ask(d)["prompt_n"] > 1900
-    assert "is for another model file, other arguments or another llama-server" in d.log()
+    d.llmctl("unload", "gemma")
+    assert saved(d)
+    link = d.tmp / "models" / "gemma.gguf"
+    copy = d.tmp / "copy.gguf"
+    shutil.copyfile(link, copy)
+    copy.replace(link)  # the same bytes in a new file: its identity changed
+    d.llmctl("reload")
+    assert saved(d) == []
 
 
 def test_over_the_budget_the_oldest_saved_slots_go(gemma_daemon):
