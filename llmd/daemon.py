@@ -212,9 +212,9 @@ class Reloader:
                                        cache_ram_mib=config.cache_ram_mib)
         self.scheduler.default_args, self.scheduler.allow_pull = config.args, config.allow_pull
         self.scheduler.max_queue, self.scheduler.max_wait = config.max_queue, config.max_wait
-        self.scheduler.keep_prompt_cache = config.keep_prompt_cache
-        if self.scheduler.slot_files is not None:
-            self.scheduler.slot_files.budget = config.prompt_cache_budget_mib << 20
+        self.scheduler.prompts.default = config.keep_prompt_cache
+        if self.scheduler.prompts.files is not None:
+            self.scheduler.prompts.files.budget = config.prompt_cache_budget_mib << 20
         for app in self.apps:
             app.config = config
         self.config = config

@@ -16,7 +16,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from llmd.children import prompt_work
 from llmd.children.upstream import Upstream
 from llmd.models import idle, prepare, reporting, waits
 from llmd.api import status
@@ -28,6 +27,7 @@ from llmd.errors import (BadRequest, LlmdError, ModelFailed, ModelNotFound, Mode
                          ModelUnloaded, NotFound, NotSoon, QueueFull)
 from llmd.models.model import DeviceTable, Failure, Handle, Launcher, Model, NeedSource
 from llmd.models.progress import Progress, Queue
+from llmd.models.prompt_keeping import PromptKeeping
 from llmd.models.state import RUNNING, STARTING, State, check
 
 log = logging.getLogger("llmd.scheduler")
@@ -79,17 +79,15 @@ class Scheduler:
                                    undrain=self._undrain, models_max=models_max,
                                    min_residency=min_residency, drain_timeout=drain_timeout,
                                    cache_ram_mib=cache_ram_mib, waiting=self._queued,
-                                   weigh=self._weigh)
+                                   weigh=lambda m: self.prompts.weigh(m))
         self.estimator = estimator
         self.hub = hub  # download.Hub, or None when offline
         self.default_args = default_args  # for hub models named in a request or llmctl
         self.allow_pull = allow_pull  # may router requests name hub models not configured?
         self.max_queue = max_queue  # requests that may wait for one model (waits.waiting)
         self.max_wait = max_wait  # seconds a request may wait for its model; < 0: no bound
-        self.slot_files = slot_files  # slot_cache.SlotFiles: where prompt caches are kept
-        self.upstream = upstream  # to ask children what prompts they hold (None: never)
-        self.keep_prompt_cache = keep_prompt_cache  # for models that don't say
-        self._window_noted: set[str] = set()  # models told they keep no prompt cache
+        # keep_prompt_cache: slot_cache.SlotFiles keeps the files, upstream asks children.
+        self.prompts = PromptKeeping(slot_files, keep_prompt_cache, upstream)
         self.loads = 0
         self.failures: Counter[str] = Counter()  # "load", "download", "crash"
         self.closing = False  # llmd is shutting down: requests in flight finish, no new work
@@ -370,54 +368,16 @@ class Scheduler:
             return
         handle = model.handle
         named = self._names.get(model.spec.name) == model.spec.name  # not being retired
-        if self._keeps_prompts(model) and named and handle is not None \
-                and not model.scope.cancel_called:
-            assert self.slot_files is not None
+        if named and handle is not None and not model.scope.cancel_called:
             # Bounded (slot_cache.SAVE_BOUND): a load waiting for this room waits no longer.
-            await self.slot_files.save(model.spec.name, handle.base_url, model.spec.path,
-                                       model.file_id, model.spec.child_args())
+            await self.prompts.save(model, handle)
             if model.state != DRAINING or model.scope is None:
                 return  # room was found elsewhere meanwhile: it serves on
         self._stop(model)
 
     def _prune_prompt_caches(self) -> None:
-        """Drop the prompt caches kept for models gone and for files, arguments or
-        llama-server builds that changed (slot_cache.SlotFiles.prune)."""
-        if self.slot_files is not None:
-            self.slot_files.prune({n: (m.spec.path, m.spec.child_args())
-                                   for n, m in self.models.items() if self._names.get(n) == n})
-
-    def _keeps_prompts(self, model: Model) -> bool:
-        """Whether the model's prompt cache is kept across unloads (keep_prompt_cache).
-
-        A sliding-window model needs --swa-full for a restored slot to count, a cache
-        several times the size: only its own keep_prompt_cache = true asks for that.
-        """
-        keep = model.spec.keep_prompt_cache
-        if self.slot_files is None or keep is False or not self.keep_prompt_cache and not keep:
-            return False
-        if keep or "--swa-full" in model.spec.args or not prepare.sliding_window(
-                model.spec.path):
-            return True
-        if model.spec.name not in self._window_noted:
-            self._window_noted.add(model.spec.name)
-            log.info("%s: a sliding-window model: its prompt cache is kept across unloads "
-                     "only with keep_prompt_cache = true in its own table (that adds "
-                     "--swa-full, a full-size cache)", model.spec.name)
-        return False
-
-    async def _weigh(self, model: Model) -> None:
-        """Note the prompt work evicting `model` would lose (residency.py): none when its
-        prompt cache is kept, else what its child holds, read at most every second."""
-        now = trio.current_time()
-        if self.upstream is None or model.handle is None or now < model.prompt_read_at + 1:
-            return
-        model.prompt_read_at = now
-        if self._keeps_prompts(model):
-            model.prompt_seconds = 0.0  # saved before the stop, restored after the load
-            return
-        held = await prompt_work.held_seconds(self.upstream, model.handle.base_url)
-        model.prompt_seconds = held or 0.0
+        """Drop the prompt caches kept for models gone or changed (prompt_keeping.py)."""
+        self.prompts.prune(m for n, m in self.models.items() if self._names.get(n) == n)
 
     def _stop(self, model: Model) -> None:
         """Stop the model's child, or its load, noting what memory it leaves to release."""
@@ -490,8 +450,7 @@ class Scheduler:
         """Estimate, get admitted, run the child until it exits; record how it ended."""
         name = model.spec.name
         model.file_id = file_identity(model.spec.path)
-        model.slot_dir = (str(self.slot_files.folder(name))
-                          if self.slot_files is not None and self._keeps_prompts(model) else None)
+        model.slot_dir = self.prompts.slot_dir(model)
         if self.devices is not None:
             assert self.estimator is not None
             await prepare.estimate(model, self.estimator)
@@ -533,7 +492,7 @@ class Scheduler:
         if self.devices is not None:
             model.measured_at = model.loaded_at
             prepare.measure(model, self.devices)
-        if self._keeps_prompts(model):
+        if self.prompts.keeps(model):
             self._nursery_start(self._restore_then_serve, model, model.attempt, handle)
         else:
             self._serve(model)
@@ -547,9 +506,7 @@ class Scheduler:
 
     async def _restore_then_serve(self, model: Model, attempt: int, handle: Handle) -> None:
         """Restore the model's saved prompt cache before its first request is let in."""
-        assert self.slot_files is not None
-        await self.slot_files.restore(model.spec.name, handle.base_url, model.spec.path,
-                                      model.file_id, model.spec.child_args())
+        await self.prompts.restore(model, handle)
         if model.attempt == attempt and model.handle is handle and model.state == LOADING:
             self._serve(model)
 
