@@ -42,6 +42,6 @@ Nothing here patches another library: h11 is used through its public API only.
 
 from __future__ import annotations
 
-from llmd.server.connection import Limit, Settings, serve
+from llmd.server.listener import Limit, Settings, serve
 
 __all__ = ["Limit", "Settings", "serve"]

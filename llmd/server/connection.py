@@ -1,17 +1,11 @@
-"""One listener's accept loop and each connection's request loop (contract: __init__.py)."""
+"""Each connection's request loop and hang-up watcher (contract: __init__.py)."""
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import socket
-import time
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from math import inf
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import unquote
 
 import h11
@@ -20,186 +14,21 @@ import trio
 from llmd.api.asgi import Message, Scope
 from llmd.errors import BadRequest, LlmdError, MalformedRequest, ServerError, Unavailable
 from llmd.server import hangup as hangups
-from llmd.server import peercred
+from llmd.server import peercred, wire
+from llmd.server.wire import MAX_RECV
+
+if TYPE_CHECKING:  # the listener makes connections; they only call back into it
+    from llmd.server.listener import Listener
 
 log = logging.getLogger("llmd.http")
 
 App = Callable[[Scope, Any, Any], Awaitable[None]]
 
-MAX_RECV = 65536
 # What the hang-up watcher may read past a request (a pipelined next one) before it
 # stops reading: a client that floods must not fill llmd's memory.
 MAX_AHEAD = 1 << 20
-PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 ASGI = {"version": "3.0", "spec_version": "2.3"}
 DISCONNECT: Message = {"type": "http.disconnect"}
-
-
-@dataclass
-class Limit:
-    """How many connections one listener serves at once; the rest are refused."""
-
-    most: int
-    current: int = 0
-    refused: int = 0
-
-
-@dataclass(frozen=True)
-class Settings:
-    """One listener's time limits, in seconds."""
-
-    header_timeout: float = 10  # from a connection's start to its first request's head
-    keepalive_timeout: float = 10  # from a response's end to the next request's head
-    shutdown_timeout: float = 30  # what requests in flight get once shutdown is set
-    max_head: int = 16 << 10  # a longer request head gets 431
-
-
-class _Date:
-    """The Date header's value, made once a second."""
-
-    second = -1
-    value = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.value = second, formatdate(second, usegmt=True).encode()
-        return cls.value
-
-
-def error_response(error: LlmdError, *extra: tuple[bytes, bytes]) -> bytes:
-    """A whole response carrying `error` in the documented JSON body, closing the connection."""
-    body = json.dumps(error.body()).encode()
-    headers = b"".join(b"%s: %s\r\n" % pair for pair in extra)
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n"
-            b"connection: close\r\ndate: %s\r\n\r\n%s"
-            % (error.status, PHRASES.get(error.status, b""), headers, len(body), _Date.now(),
-               body))
-
-
-def refusal(most: int) -> bytes:
-    """The answer to a connection over the limit."""
-    return error_response(Unavailable(f"too many connections (at most {most}); try again "
-                                      "shortly"), (b"retry-after", b"1"))
-
-
-def _discard_unread(sock: socket.socket) -> None:
-    # Closing a socket with unread bytes resets the connection, and a reset can destroy
-    # the answer just sent before the client reads it: read what is there first.
-    for _ in range(16):
-        try:
-            if not sock.recv(MAX_RECV):
-                return
-        except OSError:
-            return
-
-
-def _close(sock: socket.socket) -> None:
-    _discard_unread(sock)
-    trio.lowlevel.notify_closing(sock)
-    sock.close()
-
-
-async def _send_rest(sock: socket.socket, rest: bytes | memoryview) -> None:
-    """Send what the socket did not take at once, waiting until it can; raises OSError."""
-    while rest:
-        await trio.lowlevel.wait_writable(sock)
-        try:
-            rest = rest[sock.send(rest):]
-        except BlockingIOError:
-            pass
-
-
-async def _finish_refusal(sock: socket.socket, rest: bytes) -> None:
-    with trio.move_on_after(1):  # a client that won't read its refusal loses it
-        try:
-            await _send_rest(sock, rest)
-        except OSError:
-            pass
-    _close(sock)
-
-
-async def serve(app: App, listener: socket.socket, settings: Settings, limit: Limit,
-                shutdown: trio.Event, *,
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `listener` to `app` until `shutdown` is set and the requests in flight end."""
-    await _Server(app, listener, settings, limit).run(shutdown, task_status)
-
-
-class _Server:
-    def __init__(self, app: App, listener: socket.socket, settings: Settings,
-                 limit: Limit) -> None:
-        self.app = app
-        self.listener = listener
-        self.settings = settings
-        self.limit = limit
-        self.tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
-        self.connections: set[Connection] = set()
-        self.closing = False
-        self._all_gone: trio.Event | None = None
-
-    async def run(self, shutdown: trio.Event, task_status: trio.TaskStatus[None]) -> None:
-        self.listener.setblocking(False)
-        async with trio.open_nursery() as nursery:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(self._accept, nursery)
-                task_status.started()
-                await shutdown.wait()
-                accepting.cancel_scope.cancel()
-            self.closing = True
-            for connection in list(self.connections):
-                connection.close_if_idle()
-            with trio.move_on_after(self.settings.shutdown_timeout):
-                while self.connections:
-                    self._all_gone = trio.Event()
-                    await self._all_gone.wait()
-            nursery.cancel_scope.cancel()
-
-    def gone(self, connection: Connection) -> None:
-        """A connection has closed."""
-        self.connections.discard(connection)
-        self.limit.current -= 1
-        if not self.connections and self._all_gone is not None:
-            self._all_gone.set()
-
-    async def _accept(self, nursery: trio.Nursery) -> None:
-        listener, limit = self.listener, self.limit
-        while True:
-            try:
-                sock, address = listener.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("cannot accept a connection: %s", exc.strerror)
-                    await trio.sleep(0.1)
-                continue  # the client gave up before it was accepted
-            sock.setblocking(False)
-            if limit.current >= limit.most:
-                limit.refused += 1
-                answer = refusal(limit.most)
-                try:
-                    sent = sock.send(answer)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    sent = len(answer)  # gone already: nothing more to say
-                if sent < len(answer):
-                    nursery.start_soon(_finish_refusal, sock, answer[sent:])
-                else:
-                    _close(sock)
-            else:
-                try:
-                    connection = Connection(self, sock, address)
-                except OSError:  # reset before it could be looked at
-                    sock.close()
-                    continue
-                limit.current += 1
-                self.connections.add(connection)
-                nursery.start_soon(connection.run)
-            await trio.lowlevel.checkpoint()  # a flood of connections lets the rest run
 
 
 class _Receive:
@@ -257,7 +86,7 @@ class _Receive:
 class Connection:
     """One client connection: its h11 state, its request loop, its hang-up watcher."""
 
-    def __init__(self, server: _Server, sock: socket.socket, address: Any) -> None:
+    def __init__(self, server: Listener, sock: socket.socket, address: Any) -> None:
         self.server = server
         self.app = server.app
         self.sock = sock
@@ -315,7 +144,7 @@ class Connection:
         finally:
             self._watching = False
             if not self.hangup.gone:
-                _close(self.sock)
+                wire.close(self.sock)
             else:
                 trio.lowlevel.notify_closing(self.sock)
                 self.sock.close()
@@ -336,7 +165,7 @@ class Connection:
                     await self.read()
             except h11.RemoteProtocolError as exc:
                 if not self.hangup.gone:
-                    await self.write([error_response(MalformedRequest(exc.error_status_hint))])
+                    await self.write([wire.error_response(MalformedRequest(exc.error_status_hint))])
                 return
             if type(event) is not h11.Request:
                 return  # the client closed the connection
@@ -360,7 +189,7 @@ class Connection:
             elif name == b"transfer-encoding":
                 chunked = True
         if length and chunked:
-            await self.write([error_response(BadRequest(
+            await self.write([wire.error_response(BadRequest(
                 "request has both Content-Length and Transfer-Encoding"))])
             return False
         path, _, query = request.target.partition(b"?")
@@ -382,13 +211,13 @@ class Connection:
         except Exception:
             log.exception("request %s %s failed", scope["method"], scope["path"])
             if not self.started and not self.hangup.gone:
-                await self.write([error_response(ServerError("internal error; see llmd's log"))])
+                await self.write([wire.error_response(ServerError("internal error; see llmd's log"))])
             return False
         except BaseException:  # cancelled: shutdown_timeout has passed
             if not self.started and not self.hangup.gone:
                 # Said without waiting, so it can be said while cancelled: the client
                 # learns why it got nothing, as far as the socket takes it at once.
-                self.write_now(error_response(Unavailable("llmd is shutting down")))
+                self.write_now(wire.error_response(Unavailable("llmd is shutting down")))
             raise
         finally:
             self._unwatch()
@@ -397,7 +226,7 @@ class Connection:
         if not self.started:
             error: LlmdError = (MalformedRequest(self.malformed) if self.malformed
                                 else ServerError("no response; see llmd's log"))
-            await self.write([error_response(error)])
+            await self.write([wire.error_response(error)])
             return False
         if not self.complete or self.broken or self.server.closing:
             return False
@@ -507,8 +336,8 @@ class Connection:
                     sized = True
                     break
             head = self.conn.send(h11.Response(
-                status_code=status, headers=[*headers, (b"date", _Date.now())],
-                reason=PHRASES.get(status, b""))) or b""
+                status_code=status, headers=[*headers, (b"date", wire.Date.now())],
+                reason=wire.PHRASES.get(status, b""))) or b""
             self.started = True
             if sized:  # its body follows at once: both go out in one write
                 self._held = head
@@ -543,7 +372,7 @@ class Connection:
             return
         rest = memoryview(b"".join(parts))[sent:]
         try:
-            await _send_rest(sock, rest)
+            await wire.send_rest(sock, rest)
         except OSError:
             self.hangup.happened()
         except BaseException:
