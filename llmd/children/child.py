@@ -151,7 +151,10 @@ class Child:
             finally:
                 with trio.CancelScope(shield=True):
                     if self.returncode is None:
-                        on_stop()
+                        try:
+                            on_stop()
+                        except Exception:  # the child must be stopped whatever it raised
+                            log.exception("[%s] before stopping it", self.name)
                     await self.stop(stop_timeout)
                     # EOF follows once the group is dead, unless something escaped it.
                     with trio.move_on_after(1):

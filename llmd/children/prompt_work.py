@@ -4,7 +4,7 @@ An eviction that does not keep the prompt cache (keep_prompt_cache) throws away 
 prompts the child's slots hold; the next request that shares them processes them again.
 Admission weighs that work into a young model's residency. The child says what it holds
 in /slots (each slot's n_prompt_tokens) and how fast it processes prompts in /metrics
-(llamacpp:prompt_tokens_seconds, with --metrics, which llmd always passes).
+(its prompt token and second counters, with --metrics, which llmd always passes).
 """
 
 from __future__ import annotations
@@ -19,16 +19,20 @@ READ_BOUND = 0.5  # seconds one reading may take; a child that is slower says no
 
 
 def prompt_rate(metrics: str) -> float | None:
-    """Prompt tokens a second from llama-server's Prometheus text; None if not there yet."""
+    """Prompt tokens a second from llama-server's Prometheus text, over its whole run (its
+    prompt_tokens_total over prompt_seconds_total: counters, which no scrape resets);
+    None before it has processed a prompt."""
+    totals: dict[str, float] = {}
     for line in metrics.splitlines():
         name, _, value = line.partition(" ")
-        if name == "llamacpp:prompt_tokens_seconds":
+        if name in ("llamacpp:prompt_tokens_total", "llamacpp:prompt_seconds_total"):
             try:
-                rate = float(value)
+                totals[name] = float(value)
             except ValueError:
                 return None
-            return rate if rate > 0 else None
-    return None
+    tokens = totals.get("llamacpp:prompt_tokens_total", 0.0)
+    seconds = totals.get("llamacpp:prompt_seconds_total", 0.0)
+    return tokens / seconds if tokens > 0 and seconds > 0 else None
 
 
 def held_tokens(slots: bytes) -> int | None:

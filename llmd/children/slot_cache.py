@@ -177,7 +177,12 @@ class SlotFiles:
         (path, arguments). A folder without a manifest may be a running child's: kept."""
         wanted = {_folder_name(name): (name, path, args)
                   for name, (path, args) in models.items()}
-        folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.is_dir() else []
+        try:
+            folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.is_dir() \
+                else []
+        except OSError as exc:  # an unreadable cache directory costs the cleanup, no more
+            log.warning("cannot look through the prompt cache %s: %s", self.root, exc)
+            return
         for folder in folders:
             try:
                 key = json.loads((folder / _MANIFEST).read_text()).get("key")

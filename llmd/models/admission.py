@@ -47,7 +47,7 @@ class Admission:
                  release_timeout: float = RELEASE_TIMEOUT,
                  child_env: Mapping[str, str] | None = None,
                  waiting: Callable[[Model, Queue], None] = lambda model, queue: None,
-                 weigh: Callable[[Model], Awaitable[None]] | None = None) -> None:
+                 weigh: Callable[[Model], Awaitable[bool]] | None = None) -> None:
         self.models = models
         self.devices = devices  # None: count models only, no memory accounting
         self.cache_ram_mib = cache_ram_mib  # the most prompt cache a child is given
@@ -60,7 +60,7 @@ class Admission:
         self.evictions = 0
         self._evict, self._drain, self._undrain = evict, drain, undrain
         self._waiting = waiting  # told where each queued load stands, as that changes
-        self._weigh = weigh  # notes the prompt work evicting a model would lose
+        self._weigh = weigh  # notes the prompt work evicting a model would lose; read?
         self.queue: list[Model] = []  # loads waiting for admission, first come first
         self._why: tuple[str, str | None] = ("turn", None)  # what the first one waits for
         self._turn = trio.Lock()  # trio.Lock is fair: loads are admitted FIFO
@@ -149,6 +149,8 @@ class Admission:
             over = bool(self.models_max) and self._running_count(model) >= self.models_max
             if not short and not over:
                 return ledgers
+            if await self._weigh_candidates(model):
+                continue  # time passed while children were asked: look again
             where = short if not over else []
             for b in ledgers:
                 if b.device.id in short:
@@ -158,7 +160,6 @@ class Admission:
                               b.device.free, b.children, b.booked, b.device.margin)
             # A model inside its residency is not evicted yet: under a swap storm each load
             # then serves its clients for a while, not one request each.
-            await self._weigh_young()
             now = trio.current_time()
 
             def young(m: Model) -> bool:
@@ -180,14 +181,23 @@ class Admission:
         self._why = self._waits_for(model, where, over, drained)
         return None
 
-    async def _weigh_young(self) -> None:
-        """Have each model inside its residency note what evicting it would lose now."""
-        if self._weigh is None:
-            return
-        now = trio.current_time()
-        for m in list(self.models.values()):
-            if m.state is State.LOADED and self.protected_until(m) > now:
-                await self._weigh(m)
+    async def _weigh_candidates(self, model: Model) -> bool:
+        """Have every loaded model that may still be inside its residency note what
+        evicting it would lose now, all at once; whether any was asked (time passed)."""
+        if self._weigh is None or self.min_residency >= 0:
+            return False
+        weigh, now = self._weigh, trio.current_time()
+        candidates = [m for m in self.models.values() if m is not model
+                      and m.state is State.LOADED and residency.may_protect(m, now)]
+        asked: list[bool] = []
+
+        async def one(m: Model) -> None:
+            asked.append(await weigh(m))
+
+        async with trio.open_nursery() as nursery:
+            for m in candidates:
+                nursery.start_soon(one, m)
+        return any(asked)
 
     def _waits_for(self, model: Model, where: list[str], over: bool,
                    drained: list[Model]) -> tuple[str, str | None]:

@@ -122,6 +122,7 @@ class Model:
     pulled: int = 0  # the attempt whose pull completed
     discard_partial: bool = False  # its download was cancelled on purpose: drop the partial
     file_id: tuple[int, ...] | None = None  # the model file's identity when its child started
+    started_args: tuple[str, ...] = ()  # the arguments its child started with (child_args)
     failed_load: tuple[object, LlmdError] | None = None  # (what it depended on, its error)
     keep_alive: float | None = None  # a client's idle time to keep it (Ollama); None: ttl
     slot_dir: str | None = None  # where its child saves slots (keep_prompt_cache), if it does

@@ -58,17 +58,23 @@ class PromptKeeping:
             return None
         return str(self.files.folder(model.spec.name))
 
+    def saves(self, model: Model) -> bool:
+        """Whether the model's running child saves its slots when it stops: started with a
+        save path, and still asked to keep them."""
+        return model.slot_dir is not None and self.keeps(model)
+
     async def save(self, model: Model, handle: Handle) -> None:
-        """Save the running child's prompts, if the model keeps them (slot_cache.SAVE_BOUND)."""
-        if self.files is not None and self.keeps(model):
+        """Save the running child's prompts, if the model keeps them (slot_cache.SAVE_BOUND).
+        They are labelled with the file and arguments the child started with."""
+        if self.files is not None and self.saves(model):
             await self.files.save(model.spec.name, handle.base_url, model.spec.path,
-                                  model.file_id, model.spec.child_args())
+                                  model.file_id, model.started_args)
 
     async def restore(self, model: Model, handle: Handle) -> None:
         """Restore what was saved for the model into its new child (RESTORE_BOUND)."""
         if self.files is not None:
             await self.files.restore(model.spec.name, handle.base_url, model.spec.path,
-                                     model.file_id, model.spec.child_args())
+                                     model.file_id, model.started_args)
 
     def prune(self, known: Iterable[Model]) -> None:
         """Drop what was kept for models not `known` and for files, arguments or
@@ -76,16 +82,20 @@ class PromptKeeping:
         if self.files is not None:
             self.files.prune({m.spec.name: (m.spec.path, m.spec.child_args()) for m in known})
 
-    async def weigh(self, model: Model) -> None:
+    async def weigh(self, model: Model) -> bool:
         """Note the prompt work evicting `model` would lose (residency.py): none when its
-        prompt cache is kept, else what its child holds, read at most every WEIGH_EVERY."""
+        child saves its prompts, else what the child holds, read at most every
+        WEIGH_EVERY; whether the child was asked. A child that does not say keeps the
+        last figure."""
         now = trio.current_time()
-        if self.upstream is None or model.handle is None or \
-                now < model.prompt_read_at + WEIGH_EVERY:
-            return
+        handle = model.handle
+        if self.upstream is None or handle is None or now < model.prompt_read_at + WEIGH_EVERY:
+            return False
         model.prompt_read_at = now
-        if self.keeps(model):
+        if self.saves(model):
             model.prompt_seconds = 0.0  # saved before the stop, restored after the load
-            return
-        held = await prompt_work.held_seconds(self.upstream, model.handle.base_url)
-        model.prompt_seconds = held or 0.0
+            return False
+        held = await prompt_work.held_seconds(self.upstream, handle.base_url)
+        if held is not None and model.handle is handle:  # still the child that was asked
+            model.prompt_seconds = held
+        return True

@@ -50,3 +50,11 @@ def protected_until(model: Model, fixed: float) -> float:
     if model.leases == 0 and fixed < 0:
         end = min(end, model.last_used + IDLE_GRACE)
     return end
+
+
+def may_protect(model: Model, now: float) -> bool:
+    """Whether `model` could still be inside its residency at `now`, whatever its lost
+    prompt work: loaded less than CAP ago, and busy or idle less than IDLE_GRACE."""
+    if model.loaded_at is None or now >= model.loaded_at + CAP:
+        return False
+    return model.leases > 0 or now < model.last_used + IDLE_GRACE

@@ -450,6 +450,7 @@ class Scheduler:
         """Estimate, get admitted, run the child until it exits; record how it ended."""
         name = model.spec.name
         model.file_id = file_identity(model.spec.path)
+        model.started_args = model.spec.child_args()
         model.slot_dir = self.prompts.slot_dir(model)
         if self.devices is not None:
             assert self.estimator is not None
@@ -492,7 +493,7 @@ class Scheduler:
         if self.devices is not None:
             model.measured_at = model.loaded_at
             prepare.measure(model, self.devices)
-        if self.prompts.keeps(model):
+        if model.slot_dir is not None:  # started with a save path: restore what it saved
             self._nursery_start(self._restore_then_serve, model, model.attempt, handle)
         else:
             self._serve(model)
