@@ -304,11 +304,16 @@ def swap_storm(server: str, tmp: Path) -> dict[str, dict[str, list[float]]]:
 
 
 def warm_up(target: Target, models: tuple[str, ...]) -> None:
-    """One request to each model in turn, as a server has served before a storm finds it:
-    llmd's estimates are made (kept on disk across restarts), the last model is loaded."""
+    """One request to each model in turn, then all unloaded: a storm then starts from
+    nothing loaded on every server, with llmd's estimates made (it keeps them on disk
+    across restarts), as on a server that has served these models before."""
     for model in models:
         target.retrying(lambda: target.http.post(
             "/completion", json={"model": model, "prompt": "hi", "n_predict": 2}))
+    for model in models:
+        target.retrying(lambda: target.http.post("/models/unload", json={"model": model}))
+    wait_until(lambda: all(_status_of(target, m) == "unloaded" for m in models), 60,
+               "models unloaded after the warm-up")
 
 
 def storm(target: Target, models: tuple[str, str], timeout: float = 300
@@ -400,8 +405,12 @@ def _llmd_unload(t: Target) -> None:
 
 
 def _status(t: Target) -> str:
+    return _status_of(t, t.model)
+
+
+def _status_of(t: Target, model: str) -> str:
     data = t.http.get("/models").json()["data"]
-    return next(m["status"]["value"] for m in data if m["id"] == t.model)
+    return next(m["status"]["value"] for m in data if m["id"] == model)
 
 
 def setup() -> str:

@@ -3,8 +3,9 @@ same llama-server build, same Gemma 3 270M file (issue 25).
 
 1. Swap storm, models_max = 1: two models (two names for the Gemma file), 3 clients each,
    10 requests per client. Before it, each server has served one request to each model
-   (a, then b), as a server has by the time a storm finds it: llmd's estimates are made
-   (it keeps them on disk across restarts) and both start the storm with b loaded. Once with a cheap load (mmap) and once with an expensive one
+   and unloaded them (run.warm_up): the storm starts from nothing loaded, with llmd's
+   estimates made (it keeps them on disk across restarts), as on a server that has
+   served these models before. Once with a cheap load (mmap) and once with an expensive one
    (--load-mode dio, this build's direct I/O: every load reads the whole file from disk;
    it has no --no-mmap). Total time, loads, failures.
 2. Swap-back: a ~2,000-token prompt to model A, a request to B (A is evicted), then the
