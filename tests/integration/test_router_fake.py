@@ -305,12 +305,16 @@ def test_models_sse_streams_state_changes(fake_daemon):
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.iter_lines()
         next(lines)  # subscribed
-        threading.Thread(target=d.llmctl, args=("load", "a")).start()
+        loader = threading.Thread(target=d.llmctl, args=("load", "a"))
+        loader.start()
         for line in lines:
             if line.startswith("data: "):
                 seen.append(json.loads(line[6:]))
                 if seen[-1]["data"].get("status") == "loaded":
                     break
+    # llmctl reads the model once more after "loaded": let it finish before the daemon
+    # is stopped under it.
+    loader.join(timeout=30)
     assert [e["model"] for e in seen] == ["a"] * len(seen)
     assert seen[0]["data"]["status"] == "loading" and seen[-1]["data"]["status"] == "loaded"
 
