@@ -108,6 +108,10 @@ def status(info: dict[str, Any]) -> str:
              f"  llama-server: {info['llama_server']}",
              f"  models:      {info['models']} known, {info['loaded']} loaded "
              f"(max {info['models_max'] or 'unlimited'}), {info['in_flight']} requests in flight"]
+    kept = info.get("prompt_cache")
+    if kept:
+        lines.append(f"  prompt cache: {kept['mib']} MiB kept on disk of "
+                     f"{kept['budget_mib']} MiB (keep_prompt_cache)")
     devices = info.get("devices") or []
     if devices:
         lines.append("")
@@ -135,6 +139,11 @@ def model(m: dict[str, Any]) -> str:
         lines.append(f"  template: {name} ({note})" if name else f"  template: {note}")
     if m.get("pid"):
         lines.append(f"  pid/port: {m['pid']}/{m['port']}, {m.get('leases', 0)} in flight")
+    kept = m.get("prompt_cache")
+    if kept:
+        slots = "slot" if kept["slots"] == 1 else "slots"
+        lines.append(f"  prompts:  {kept['tokens']:,} tokens in {kept['slots']} {slots} "
+                     f"kept on disk ({kept['mib']} MiB), saved {ago(kept['saved_at'])}")
     if m["status"].get("failed"):
         lines.append(f"  reason:   {m['status'].get('reason')}")
         lines += ["  | " + line for line in m["status"].get("tail") or []]

@@ -119,6 +119,8 @@ class Control:
             "loaded": sum(1 for m in models if m["status"]["value"] == "loaded"),
             "in_flight": sum(m["leases"] for m in models),
             "devices": self.scheduler.admission.device_table(),
+            "prompt_cache": {"mib": round(self.scheduler.prompts.kept_bytes() / (1 << 20), 1),
+                             "budget_mib": self.config.prompt_cache_budget_mib},
         }
 
     def _logs(self, params: dict[str, str]) -> dict[str, Any]:

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
     from llmd.models.model import Model
 
 
-def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
-    """One model for /models, llmctl ps and status; `now` is the scheduler's clock."""
+def describe(model: Model, wire_state: str, now: float,
+             prompt_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One model for /models, llmctl ps and status; `now` is the scheduler's clock,
+    `prompt_cache` what is saved of its prompts (slot_cache.Kept)."""
     spec = model.spec
     # Model files are read for their chat template when a model loads, not to list it.
     look = model.state is not State.UNLOADED
@@ -62,6 +64,7 @@ def describe(model: Model, wire_state: str, now: float) -> dict[str, Any]:
                      and not model.leases else None),
         "uptime": round(now - model.loaded_at, 3) if model.loaded_at is not None else None,
         "last_used": wall - (now - model.last_used) if model.last_used > -math.inf else None,
+        "prompt_cache": prompt_cache,
     }
 
 

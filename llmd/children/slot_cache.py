@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -48,6 +49,34 @@ def _folder_name(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What is saved for one model: its slots, their prompt tokens, the disk they use."""
+
+    slots: int
+    tokens: int
+    size: int  # bytes
+    saved_at: float  # wall time
+
+    @classmethod
+    def of(cls, folder: Path, manifest: dict[str, Any]) -> Kept:
+        """What a model's folder and manifest hold."""
+        entries = manifest.get("slots") or {}
+        return cls(len(entries), sum(int(e.get("tokens") or 0) for e in entries.values()),
+                   _size(folder), float(manifest.get("saved_at") or 0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"slots": self.slots, "tokens": self.tokens,
+                "mib": round(self.size / (1 << 20), 1), "saved_at": self.saved_at}
+
+
+def _size(folder: Path) -> int:
+    try:
+        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return 0
+
+
 class SlotFiles:
     """Where and whether each model's slots are kept, and the disk they may use."""
 
@@ -57,6 +86,7 @@ class SlotFiles:
         self.root = root
         self.budget = budget_mib << 20
         self.binary = binary
+        self.kept: dict[str, Kept] = {}  # by model name: what is saved now (prune fills it)
 
     def folder(self, name: str) -> Path:
         """The model's folder (made if missing): what --slot-save-path points at."""
@@ -125,6 +155,7 @@ class SlotFiles:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / _MANIFEST).write_text(json.dumps(manifest))
                 log.info("%s: saved the prompt cache of %d slot(s)", name, len(saved))
+                self.kept[name] = Kept.of(folder, manifest)
                 self.keep_within_budget()
             except OSError as exc:  # a full or vanished disk costs the cache, nothing more
                 log.warning("%s: its prompt cache could not be kept: %s", name, exc)
@@ -170,6 +201,7 @@ class SlotFiles:
     def clear(self, name: str) -> None:
         """Remove everything saved for the model."""
         shutil.rmtree(self.root / _folder_name(name), ignore_errors=True)
+        self.kept.pop(name, None)
 
     def prune(self, models: Mapping[str, tuple[str, Sequence[str]]]) -> None:
         """Remove what was saved for models no longer known, and for model files (or
@@ -183,15 +215,18 @@ class SlotFiles:
         except OSError as exc:  # an unreadable cache directory costs the cleanup, no more
             log.warning("cannot look through the prompt cache %s: %s", self.root, exc)
             return
+        self.kept = {}
         for folder in folders:
             try:
-                key = json.loads((folder / _MANIFEST).read_text()).get("key")
+                manifest = json.loads((folder / _MANIFEST).read_text())
+                key = manifest.get("key")
             except (OSError, ValueError, AttributeError):
                 continue
             known = wanted.get(folder.name)
             if known is not None:
                 name, path, args = known
                 if key == _key(path, file_identity(path), args, self.binary()):
+                    self.kept[name] = Kept.of(folder, manifest)
                     continue
                 log.info("%s: its model file, arguments or llama-server changed; its saved "
                          "prompt cache is removed", name)
@@ -200,7 +235,7 @@ class SlotFiles:
     def keep_within_budget(self) -> None:
         """Remove the oldest models' saved slots until all fit in the budget."""
         folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.is_dir() else []
-        sizes = {f: sum(p.stat().st_size for p in f.iterdir() if p.is_file()) for f in folders}
+        sizes = {f: _size(f) for f in folders}
         total = sum(sizes.values())
 
         def saved_at(folder: Path) -> float:
@@ -216,3 +251,5 @@ class SlotFiles:
                      folder.name)
             shutil.rmtree(folder, ignore_errors=True)
             total -= sizes[folder]
+        self.kept = {name: kept for name, kept in self.kept.items()
+                     if (self.root / _folder_name(name)).is_dir()}

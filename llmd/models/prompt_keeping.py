@@ -9,7 +9,7 @@ model) and is what the scheduler calls at each of those moments.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Any, Iterable
 
 import trio
 
@@ -75,6 +75,15 @@ class PromptKeeping:
         if self.files is not None:
             await self.files.restore(model.spec.name, handle.base_url, model.spec.path,
                                      model.file_id, model.started_args)
+
+    def kept(self, model: Model) -> dict[str, Any] | None:
+        """What is saved for the model now (slots, tokens, MiB, when); None if nothing."""
+        kept = self.files.kept.get(model.spec.name) if self.files is not None else None
+        return kept.to_json() if kept is not None else None
+
+    def kept_bytes(self) -> int:
+        """The disk all saved prompt caches use."""
+        return sum(k.size for k in self.files.kept.values()) if self.files is not None else 0
 
     def prune(self, known: Iterable[Model]) -> None:
         """Drop what was kept for models not `known` and for files, arguments or

@@ -640,7 +640,8 @@ class Scheduler:
 
     def describe(self, model: Model) -> dict[str, Any]:
         """One model in the llama.cpp router's /models shape, plus llmd's own fields."""
-        return status.describe(model, model.state.wire, trio.current_time())
+        return status.describe(model, model.state.wire, trio.current_time(),
+                               self.prompts.kept(model))
 
     def listed(self, model: Model) -> bool:
         """Whether requests can name the model (a reload may have retired it)."""

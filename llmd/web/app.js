@@ -168,6 +168,12 @@ function renderModel(model) {
     ? duration(model.ttl_left) : (model.ttl ? duration(model.ttl) + " once idle" : "none"));
   field(c.fields, "pinned", model.pinned ? "yes (configuration)" : "no");
   field(c.fields, "memory", memoryText(model.memory || {}));
+  const kept = model.prompt_cache;
+  if (kept) {
+    field(c.fields, "prompts kept", kept.tokens.toLocaleString() + " tokens in " + kept.slots +
+          (kept.slots === 1 ? " slot, " : " slots, ") + kept.mib + " MiB, saved " +
+          ago(kept.saved_at), exact(kept.saved_at));
+  }
   c.failure.replaceChildren();
   if (model.status && model.status.failed) {
     c.failure.append(el("p", {}, "Failed: " + model.status.reason +

@@ -85,8 +85,10 @@ def models_bar(chrome: webdriver.Chrome) -> float:
 @pytest.mark.real
 def test_the_page_shows_models_live_and_loads_and_unloads_them(daemon, llama_server, gemma,
                                                                browser, tmp_path):
-    d = daemon(gemma_config(llama_server), models={"gemma.gguf": gemma,
-                                                   "junk.gguf": b"not a model at all"})
+    # Gemma 3 keeps its prompt cache only when its own table asks (a sliding window).
+    kept = {"gemma": {"path": "gemma.gguf", "keep_prompt_cache": True}}
+    d = daemon(gemma_config(llama_server, models=kept),
+               models={"gemma.gguf": gemma, "junk.gguf": b"not a model at all"})
     browser.get(d.url + "/")
     wait(browser, "the model list", lambda c: badge(c, "gemma") == "unloaded")
     assert badge(browser, "junk") == "unloaded"
@@ -102,9 +104,13 @@ def test_the_page_shows_models_live_and_loads_and_unloads_them(daemon, llama_ser
     if os.environ.get("LLMD_UPDATE_SCREENSHOT"):  # the README's picture, made here
         browser.save_screenshot(str(SCREENSHOT))
 
+    prompt = " ".join(f"line {i}: the quick brown fox." for i in range(40))  # ~400 tokens
+    assert d.chat("gemma", prompt, max_tokens=2).status_code == 200
     button(browser, "gemma", "Unload").click()
     wait(browser, "gemma unloaded", lambda c: badge(c, "gemma") == "unloaded")
     wait(browser, "the memory bar to shrink", lambda c: models_bar(c) < before + 0.5)
+    wait(browser, "its prompts shown as kept",
+         lambda c: "tokens in 1 slot" in card(c, "gemma").text)
 
     button(browser, "junk", "Load").click()
     wait(browser, "junk's failure", lambda c: badge(c, "junk") == "failed")

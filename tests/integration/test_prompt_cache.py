@@ -57,6 +57,10 @@ def test_a_swapped_back_model_skips_the_prompt_it_had_processed(gemma_daemon):
     files = saved(d)
     assert [f.name for f in files] == ["manifest.json", "slot-0.bin"]
     assert "saved the prompt cache of 1 slot(s)" in d.log()
+    kept = d.models()["gemma"]["prompt_cache"]  # what an operator sees of it
+    assert kept["slots"] == 1 and kept["tokens"] > 1900 and kept["mib"] > 1
+    assert "tokens in 1 slot kept on disk" in d.llmctl("status", "gemma").stdout
+    assert f"prompt cache: {kept['mib']} MiB kept on disk" in d.llmctl("status").stdout
     warm = ask(d)  # loads it again; the slot is restored before this request is let in
     assert "restored the prompt cache of 1 slot(s)" in d.log()
     assert warm["prompt_n"] < 10 and warm["cache_n"] > 1900
@@ -99,6 +103,7 @@ def test_a_reload_removes_saved_slots_for_other_arguments_or_a_replaced_file(gem
     d.config_path.write_text(tomli_w.dumps(config))
     d.llmctl("reload")
     assert saved(d) == []  # gone at the reload, before any load
+    assert d.models()["gemma"]["prompt_cache"] is None
     assert "gemma: its model file, arguments or llama-server changed" in d.log()
     assert ask(d)["prompt_n"] > 1900
     d.llmctl("unload", "gemma")
@@ -116,7 +121,7 @@ def test_over_the_budget_the_oldest_saved_slots_go(gemma_daemon):
     ask(d)
     d.llmctl("unload", "gemma")
     wait_until(lambda: "prompt cache over its budget" in d.log(), 5, "the budget enforced")
-    assert saved(d) == []
+    assert saved(d) == [] and d.models()["gemma"]["prompt_cache"] is None
     assert ask(d)["prompt_n"] > 1900
 
 

@@ -95,3 +95,7 @@ def test_pruning_keeps_what_still_matches_and_drops_changed_and_unknown_models(t
                      else args) for n in ("same", "replaced", "reargued", "running")})
     left = {f for f in (tmp_path / "cache").iterdir()}
     assert left == {files.folder("same"), running}
+    assert set(files.kept) == {"same"} and files.kept["same"].size == 1 + len(
+        (files.folder("same") / "manifest.json").read_bytes())
+    files.clear("same")
+    assert files.kept == {}
