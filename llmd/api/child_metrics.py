@@ -9,13 +9,13 @@ not answer in time is left out of that scrape; no model is loaded to answer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Iterable
 
 import trio
 
-from llmd.children.upstream import Upstream, UpstreamBroken
+from llmd.children import reports
+from llmd.children.upstream import Upstream
 from llmd.models.model import Model
 from llmd.models.state import UP
 
@@ -31,31 +31,18 @@ class ChildFigures:
     kv_used: float | None = None  # 0..1
 
 
-async def _get(upstream: Upstream, base_url: str, target: str) -> bytes | None:
-    try:
-        status, body = await upstream.fetch("GET", base_url, target)
-        return body if status == 200 else None
-    except UpstreamBroken:
-        return None
-
-
-def parse_metrics(text: str, into: ChildFigures) -> None:
+def parse_metrics(text: bytes, into: ChildFigures) -> None:
     """llama-server's Prometheus text: its deferred and processing request gauges."""
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        try:
-            if name == "llamacpp:requests_deferred":
-                into.waiting = float(value)
-            elif name == "llamacpp:requests_processing":
-                into.running = float(value)
-        except ValueError:
-            continue
+    values = reports.metric_values(
+        text, ("llamacpp:requests_deferred", "llamacpp:requests_processing"))
+    into.waiting = values.get("llamacpp:requests_deferred")
+    into.running = values.get("llamacpp:requests_processing")
 
 
 def parse_slots(raw: bytes, into: ChildFigures) -> None:
     """llama-server's /slots: the tokens busy slots hold over every slot's context."""
+    slots = reports.slot_list(raw) or []
     try:
-        slots = json.loads(raw)
         total = sum(int(s.get("n_ctx", 0)) for s in slots)
         used = sum(int(s.get("n_prompt_tokens", 0)) + sum(
             int(t.get("n_decoded", 0)) for t in s.get("next_token") or [])
@@ -72,10 +59,10 @@ async def scrape(upstream: Upstream, models: Iterable[Model]) -> dict[str, Child
 
     async def one(name: str, base_url: str) -> None:
         figures = ChildFigures()
-        text = await _get(upstream, base_url, "/metrics")
+        text = await reports.get(upstream, base_url, "/metrics")
         if text is not None:
-            parse_metrics(text.decode("utf-8", "replace"), figures)
-        slots = await _get(upstream, base_url, "/slots")
+            parse_metrics(text, figures)
+        slots = await reports.get(upstream, base_url, "/slots")
         if slots is not None:
             parse_slots(slots, figures)
         found[name] = figures

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
+from llmd.children import reports
 from llmd.children.upstream import Upstream, UpstreamBroken
 from llmd.models.catalog import file_identity
 
@@ -115,12 +116,8 @@ class SlotFiles:
         return data if isinstance(data, dict) else None
 
     async def _slots(self, base_url: str) -> list[dict[str, Any]]:
-        try:
-            status, raw = await self.upstream.fetch("GET", base_url, "/slots")
-            slots = json.loads(raw) if status == 200 else []
-        except (UpstreamBroken, ValueError):
-            return []
-        return [s for s in slots if isinstance(s, dict)] if isinstance(slots, list) else []
+        raw = await reports.get(self.upstream, base_url, "/slots")
+        return (reports.slot_list(raw) if raw is not None else None) or []
 
     async def save(self, name: str, base_url: str, path: str,
                    identity: Sequence[int] | None, args: Sequence[str]) -> int:

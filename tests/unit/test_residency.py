@@ -53,10 +53,10 @@ def test_an_idle_young_model_is_protected_only_for_the_grace():
 
 def test_the_prompt_rate_and_held_tokens_are_read_from_llama_servers_own_words():
     # From the counters, which no scrape resets, not the windowed gauge.
-    assert prompt_work.prompt_rate(METRICS) == 224 / 0.240825
-    assert prompt_work.prompt_rate("llamacpp:prompt_tokens_total 0\n"
-                                   "llamacpp:prompt_seconds_total 0\n") is None  # none yet
-    assert prompt_work.prompt_rate("no figures") is None
+    assert prompt_work.prompt_rate(METRICS.encode()) == 224 / 0.240825
+    assert prompt_work.prompt_rate(b"llamacpp:prompt_tokens_total 0\n"
+                                   b"llamacpp:prompt_seconds_total 0\n") is None  # none yet
+    assert prompt_work.prompt_rate(b"no figures") is None
     slots = b'[{"id": 0, "n_ctx": 2048, "is_processing": false}, ' \
             b'{"id": 1, "is_processing": false, "n_prompt_tokens": 226}, ' \
             b'{"id": 2, "is_processing": true, "n_prompt_tokens": 74}]'
