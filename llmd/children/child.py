@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from llmd.children import ports
+from llmd.children import ports, reports
 from llmd.children.upstream import Upstream, UpstreamBroken
 
 log = logging.getLogger("llmd.child")
@@ -227,13 +227,13 @@ async def read_props(child: Child, upstream: Upstream) -> None:
     once (total_slots) and the context one request gets (n_ctx); None where it does not
     say within 5 s."""
     with trio.move_on_after(5):
+        body = await reports.get(upstream, child.base_url, "/props")
         try:
-            status, body = await upstream.fetch("GET", child.base_url, "/props")
-            props = json.loads(body) if status == 200 else {}
+            props = json.loads(body) if body is not None else {}
             child.slots = _positive(props.get("total_slots"))
             child.n_ctx = _positive((props.get("default_generation_settings") or {}).get(
                 "n_ctx"))
-        except (UpstreamBroken, ValueError, AttributeError):
+        except (ValueError, AttributeError):
             pass
 
 
